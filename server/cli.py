@@ -1,0 +1,84 @@
+"""The `sms-gateway` command: one subcommand per process of the system."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from server.config import Config, ConfigError
+
+
+def _server(cfg: Config, _: argparse.Namespace) -> int:
+    from server.app import run
+
+    return run(cfg)
+
+
+def _worker(cfg: Config, _: argparse.Namespace) -> int:
+    from server.worker import run
+
+    return run(cfg)
+
+
+def _bridge(cfg: Config, _: argparse.Namespace) -> int:
+    from webhook_bridge.app import run
+
+    return run(cfg)
+
+
+def _simulator(cfg: Config, _: argparse.Namespace) -> int:
+    from devstack.twilio_simulator import run
+
+    return run(cfg)
+
+
+def _dev(cfg: Config, _: argparse.Namespace) -> int:
+    from devstack.stack import run
+
+    return run(cfg)
+
+
+def _token(cfg: Config, args: argparse.Namespace) -> int:
+    from server.auth import mint_token
+
+    cfg.require("SMS_JWT_SECRET")
+    print(mint_token(cfg.jwt_secret, args.user, args.role, ttl_seconds=args.ttl))
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], int]]] = {
+    "server": ("run the gRPC server (SmsService, SmsIngestService, health, reflection)", _server),
+    "worker": ("run the arq worker that sends queued messages through Twilio", _worker),
+    "bridge": ("run the webhook bridge that turns Twilio's posts into gRPC calls", _bridge),
+    "twilio-simulator": ("run the Twilio simulator (dev and test tool)", _simulator),
+    "dev": ("run the whole stack locally", _dev),
+    "token": ("print a JWT for local use (needs SMS_JWT_SECRET)", _token),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sms-gateway` console script."""
+    parser = argparse.ArgumentParser(prog="sms-gateway", description="Two-way SMS for a CRM over gRPC")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == "token":
+            p.add_argument("--user", required=True, help="the user id (JWT sub)")
+            p.add_argument("--role", required=True, choices=["agent", "admin", "service"])
+            p.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = Config.from_env()
+        return COMMANDS[args.command][1](cfg, args)
+    except ConfigError as exc:
+        print(f"sms-gateway {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

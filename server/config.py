@@ -1,0 +1,186 @@
+"""All configuration, read from the environment once into one frozen dataclass and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated seconds, e.g. 2,4,8; got {raw!r}") from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{name} must not hold negative delays")
+    return values
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of every sms-gateway process; see the README's configuration table."""
+
+    # Stores. None means: start the embedded server (SecantusDB / Valkey) under data_dir.
+    mongodb_uri: str | None = None
+    mongodb_db: str = "sms_gateway"
+    redis_url: str | None = None
+    data_dir: Path = Path(".data")
+
+    # gRPC server.
+    grpc_addr: str = "127.0.0.1:50051"
+    jwt_secret: str = field(default="", repr=False)
+    default_region: str = "US"
+    default_owner: str = "admin"
+    drain_seconds: float = 10.0
+
+    # Events (Subscribe).
+    event_stream: str = "sms:events"
+    event_retention: int = 100_000
+    heartbeat_seconds: float = 15.0
+    subscriber_queue_size: int = 1_000
+
+    # Queue and worker.
+    arq_queue: str = "arq:queue"
+    send_concurrency: int = 20
+    twilio_max_concurrency: int = 10
+    twilio_timeout_seconds: float = 10.0
+    retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0)
+    send_max_tries: int = 3
+    job_timeout_seconds: int = 30
+    reconcile_age_seconds: float = 60.0
+    reconcile_interval_seconds: float = 15.0
+    sync_interval_seconds: float = 0.0
+    health_check_interval_seconds: int = 5
+
+    # Twilio.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
+    twilio_from_number: str = ""
+    twilio_messaging_service_sid: str = ""
+    twilio_api_base_url: str | None = None
+    public_base_url: str = "http://127.0.0.1:8088"
+
+    # Webhook bridge.
+    bridge_addr: str = "127.0.0.1:8088"
+    grpc_target: str = "127.0.0.1:50051"
+    webhook_verify: bool = True
+    bridge_deadline_seconds: float = 5.0
+
+    # Twilio simulator (dev and test tool).
+    simulator_addr: str = "127.0.0.1:8089"
+    simulator_rules: str = ""
+
+    @property
+    def our_number(self) -> str:
+        """The sender identity that, with a contact number, names a conversation."""
+        return self.twilio_from_number or self.twilio_messaging_service_sid or "default"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Reads every setting from `env` (default: os.environ)."""
+        e = os.environ if env is None else env
+        grpc_addr = e.get("SMS_GRPC_ADDR", "").strip() or cls.grpc_addr
+        return cls(
+            mongodb_uri=e.get("MONGODB_URI") or None,
+            mongodb_db=e.get("MONGODB_DB") or cls.mongodb_db,
+            redis_url=e.get("REDIS_URL") or None,
+            data_dir=Path(e.get("SMS_DATA_DIR") or ".data"),
+            grpc_addr=grpc_addr,
+            jwt_secret=e.get("SMS_JWT_SECRET", ""),
+            default_region=(e.get("SMS_DEFAULT_REGION") or cls.default_region).upper(),
+            default_owner=e.get("SMS_DEFAULT_OWNER") or cls.default_owner,
+            drain_seconds=_float(e, "SMS_DRAIN_SECONDS", cls.drain_seconds),
+            event_stream=e.get("SMS_EVENT_STREAM") or cls.event_stream,
+            event_retention=_int(e, "SMS_EVENT_RETENTION", cls.event_retention, minimum=1),
+            heartbeat_seconds=_float(e, "SMS_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
+            subscriber_queue_size=_int(e, "SMS_SUBSCRIBER_QUEUE_SIZE", cls.subscriber_queue_size, minimum=1),
+            arq_queue=e.get("SMS_ARQ_QUEUE") or cls.arq_queue,
+            send_concurrency=_int(e, "SMS_SEND_CONCURRENCY", cls.send_concurrency, minimum=1),
+            twilio_max_concurrency=_int(e, "TWILIO_MAX_CONCURRENCY", cls.twilio_max_concurrency, minimum=1),
+            twilio_timeout_seconds=_float(e, "TWILIO_TIMEOUT_SECONDS", cls.twilio_timeout_seconds),
+            retry_delays=_delays(e, "SMS_RETRY_DELAYS", cls.retry_delays),
+            send_max_tries=_int(e, "SMS_SEND_MAX_TRIES", cls.send_max_tries, minimum=1),
+            job_timeout_seconds=_int(e, "SMS_JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds, minimum=1),
+            reconcile_age_seconds=_float(e, "SMS_RECONCILE_AGE_SECONDS", cls.reconcile_age_seconds),
+            reconcile_interval_seconds=_float(
+                e, "SMS_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds
+            ),
+            sync_interval_seconds=_float(e, "SMS_SYNC_INTERVAL_SECONDS", cls.sync_interval_seconds),
+            health_check_interval_seconds=_int(
+                e, "SMS_HEALTH_CHECK_INTERVAL_SECONDS", cls.health_check_interval_seconds, minimum=1
+            ),
+            twilio_account_sid=e.get("TWILIO_ACCOUNT_SID", ""),
+            twilio_auth_token=e.get("TWILIO_AUTH_TOKEN", ""),
+            twilio_from_number=e.get("TWILIO_FROM_NUMBER", ""),
+            twilio_messaging_service_sid=e.get("TWILIO_MESSAGING_SERVICE_SID", ""),
+            twilio_api_base_url=e.get("TWILIO_API_BASE_URL") or None,
+            public_base_url=(e.get("SMS_PUBLIC_BASE_URL") or cls.public_base_url).rstrip("/"),
+            bridge_addr=e.get("SMS_BRIDGE_ADDR") or cls.bridge_addr,
+            grpc_target=e.get("SMS_GRPC_TARGET") or grpc_addr,
+            webhook_verify=_bool(e, "SMS_WEBHOOK_VERIFY", cls.webhook_verify),
+            bridge_deadline_seconds=_float(e, "SMS_BRIDGE_DEADLINE_SECONDS", cls.bridge_deadline_seconds),
+            simulator_addr=e.get("SMS_SIMULATOR_ADDR") or cls.simulator_addr,
+            simulator_rules=e.get("SMS_SIMULATOR_RULES", ""),
+        )
+
+    def require(self, *names: str) -> None:
+        """Raises ConfigError naming every listed setting (by environment name) that is empty."""
+        missing = [name for name in names if not getattr(self, _ENV_TO_FIELD[name])]
+        if missing:
+            raise ConfigError("missing required settings: " + ", ".join(missing))
+
+
+_ENV_TO_FIELD = {
+    "SMS_JWT_SECRET": "jwt_secret",
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_FROM_NUMBER": "twilio_from_number",
+    "TWILIO_MESSAGING_SERVICE_SID": "twilio_messaging_service_sid",
+    "SMS_PUBLIC_BASE_URL": "public_base_url",
+}
