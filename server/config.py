@@ -115,6 +115,11 @@ class Config:
     # Twilio simulator (dev and test tool).
     simulator_addr: str = "127.0.0.1:8089"
     simulator_rules: str = ""
+    # Where injected inbound messages are posted; default SMS_PUBLIC_BASE_URL + /twilio/inbound.
+    simulator_inbound_url: str = ""
+
+    # Local stack: Envoy, the single web entry point (UI + grpc-web).
+    web_addr: str = "127.0.0.1:8080"
 
     @property
     def our_number(self) -> str:
@@ -167,6 +172,8 @@ class Config:
             bridge_deadline_seconds=_float(e, "SMS_BRIDGE_DEADLINE_SECONDS", cls.bridge_deadline_seconds),
             simulator_addr=e.get("SMS_SIMULATOR_ADDR") or cls.simulator_addr,
             simulator_rules=e.get("SMS_SIMULATOR_RULES", ""),
+            simulator_inbound_url=e.get("SMS_SIMULATOR_INBOUND_URL", ""),
+            web_addr=e.get("SMS_WEB_ADDR") or cls.web_addr,
         )
 
     def require(self, *names: str) -> None:
