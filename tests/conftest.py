@@ -17,7 +17,7 @@ from server.auth import mint_token
 from server.embedded import EmbeddedServer, start_mongo, start_redis
 from tests.procs import Proc, start_server
 
-JWT_SECRET = "test-secret-not-for-production"
+JWT_SECRET = "test-secret-not-for-production-0123456789"
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ class Proc:
         self.args = args
         self.env = dict(env)
         self.log_path = LOG_DIR / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the process's life
+        self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def log(self) -> str:

@@ -1,0 +1,164 @@
+// Pure element builders: a conversation row, a message bubble, ticks. No state lives here.
+import { h, icon } from "./dom.js";
+import { clockTime, fullTime, shortWhen, statusName, tickOf } from "./format.js";
+import { Direction, type Conversation, type Message } from "./gen/sms/v1/types_pb.js";
+
+export const ICONS = {
+  clock: "M12 7v5l3 2|M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18",
+  check: "M5 12.5l4.5 4.5L19 7",
+  checks: "M2 12.5l4.5 4.5L16 7|M11 16l1 1L22 7",
+  alert: "M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18|M12 7.5v5.5|M12 16.5v.01",
+  back: "M15 18l-6-6 6-6",
+  plus: "M12 5v14|M5 12h14",
+  send: "M4 12l16-8-6 16-2.5-6.5z|M11.5 13.5L20 4",
+  refresh: "M20 11a8 8 0 1 0-2.3 5.7|M20 4v7h-7",
+  ban: "M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18|M5.6 5.6l12.8 12.8",
+};
+
+export function contactLabel(c: Conversation): string {
+  return c.contactNumber || "(no number)";
+}
+
+/** A row of the conversation list; `mine` is the signed-in user (to flag others' rows for admins). */
+export function conversationItem(c: Conversation, active: boolean, showOwner: boolean): HTMLElement {
+  const unread = c.unreadCount > 0;
+  const preview = c.lastMessagePreview
+    ? (c.lastMessageDirection === Direction.OUTBOUND ? "You: " : "") + c.lastMessagePreview
+    : "No messages yet";
+  return h(
+    "li",
+    { class: "conv-li" },
+    h(
+      "a",
+      {
+        class: `conv${active ? " active" : ""}${unread ? " unread" : ""}`,
+        href: `#/c/${encodeURIComponent(c.id)}`,
+        "data-testid": "conversation-item",
+        "data-conversation-id": c.id,
+        "data-contact": c.contactNumber,
+        "data-unread": String(c.unreadCount),
+        "aria-current": active ? "true" : undefined,
+      },
+      h(
+        "div",
+        { class: "conv-top" },
+        h("span", { class: "conv-contact", "data-testid": "conversation-contact" }, contactLabel(c)),
+        h("time", { class: "conv-time", title: fullTime(c.lastMessageTime) }, shortWhen(c.lastMessageTime)),
+      ),
+      h(
+        "div",
+        { class: "conv-bottom" },
+        h("span", { class: "conv-preview", "data-testid": "conversation-preview" }, preview),
+        unread
+          ? h(
+              "span",
+              { class: "badge", "data-testid": "unread-badge", "aria-label": `${c.unreadCount} unread` },
+              c.unreadCount > 99 ? "99+" : String(c.unreadCount),
+            )
+          : null,
+      ),
+      c.contactId || c.optedOut || (showOwner && c.owner)
+        ? h(
+            "div",
+            { class: "conv-meta" },
+            c.contactId ? h("span", { class: "chip", "data-testid": "conversation-contact-id" }, `ID ${c.contactId}`) : null,
+            c.optedOut ? h("span", { class: "chip chip-warn" }, "Opted out") : null,
+            showOwner && c.owner ? h("span", { class: "chip chip-owner", title: "Owner" }, `@${c.owner}`) : null,
+          )
+        : null,
+    ),
+  );
+}
+
+function safeUrl(url: string): string | null {
+  try {
+    const u = new URL(url);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+export function statusTick(m: Message): HTMLElement | null {
+  if (m.direction === Direction.INBOUND) return null;
+  const tick = tickOf(m.status);
+  const name = statusName(m.status);
+  const label = name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, " ");
+  let title = label;
+  let glyph: SVGSVGElement | string;
+  switch (tick) {
+    case "pending":
+      glyph = icon(ICONS.clock);
+      break;
+    case "sent":
+      glyph = icon(ICONS.check);
+      break;
+    case "delivered":
+    case "read":
+      glyph = icon(ICONS.checks);
+      break;
+    case "failed": {
+      glyph = icon(ICONS.alert);
+      const parts = [label];
+      if (m.errorCode) parts.push(`error ${m.errorCode}`);
+      title = parts.join(": ") + (m.errorMessage ? ` – ${m.errorMessage}` : "");
+      break;
+    }
+    case "canceled":
+      glyph = icon(ICONS.ban);
+      break;
+    default:
+      glyph = "";
+  }
+  return h(
+    "span",
+    { class: `tick tick-${tick}`, "data-testid": "status-tick", "data-status": name, title, "aria-label": title },
+    glyph,
+  );
+}
+
+export function messageBubble(m: Message): HTMLElement {
+  const out = m.direction !== Direction.INBOUND;
+  const status = statusName(m.status);
+  const failed = tickOf(m.status) === "failed";
+  const media = m.media
+    .map((md) => ({ url: safeUrl(md.url), type: md.contentType }))
+    .filter((x): x is { url: string; type: string } => x.url !== null);
+  return h(
+    "div",
+    { class: `msg-row ${out ? "out" : "in"}` },
+    h(
+      "div",
+      {
+        class: `bubble${failed ? " failed" : ""}`,
+        "data-testid": "message-bubble",
+        "data-message-id": m.id,
+        "data-status": status,
+        "data-direction": out ? "outbound" : "inbound",
+      },
+      m.body ? h("div", { class: "bubble-body" }, m.body) : null,
+      media.length
+        ? h(
+            "div",
+            { class: "bubble-media" },
+            media.map((x, i) =>
+              h("a", { href: x.url, target: "_blank", rel: "noopener noreferrer" }, `Attachment ${i + 1}${x.type ? ` (${x.type})` : ""}`),
+            ),
+          )
+        : null,
+      failed
+        ? h(
+            "div",
+            { class: "bubble-error", "data-testid": "message-error" },
+            `Not delivered${m.errorCode ? ` · ${m.errorCode}` : ""}${m.errorMessage ? ` ${m.errorMessage}` : ""}`,
+          )
+        : null,
+      h(
+        "div",
+        { class: "bubble-meta" },
+        h("time", { title: fullTime(m.createTime) }, clockTime(m.createTime)),
+        statusTick(m),
+      ),
+    ),
+  );
+}

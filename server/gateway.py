@@ -1,0 +1,339 @@
+"""The business rules, each in one place: access, idempotency, status ranks, opt-out, inbound dedupe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+from sms.v1 import types_pb2
+
+from server import paging
+from server import status as st
+from server.auth import Caller
+from server.config import Config
+from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from server.events import EventLog
+from server.phone import normalise_lenient, to_e164
+from server.send_queue import SendQueue
+from server.store import Doc, Store, conversation_id, message_oid
+from server.timeutil import now
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1600
+MAX_MEDIA = 10
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
+UNSUBSCRIBED_CODE = 21610
+_STATUS_RETRIES = 8
+
+
+def opt_keyword(body: str) -> bool | None:
+    """True for an opt-out keyword sent alone, False for an opt-in one, None otherwise."""
+    word = body.strip().upper()
+    if word in OPT_OUT_WORDS:
+        return True
+    if word in OPT_IN_WORDS:
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class SendInput:
+    """What a caller asked Send to do, validated and normalised."""
+
+    to: str
+    body: str
+    media_urls: tuple[str, ...]
+    contact_id: str
+    request_id: str
+
+    def fingerprint(self) -> str:
+        """Identifies the payload, so a reused request id with a different payload is caught."""
+        raw = json.dumps([self.to, self.body, list(self.media_urls), self.contact_id])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def validate_send(cfg: Config, to: str, body: str, media_urls: list[str], contact_id: str,
+                  request_id: str) -> SendInput:
+    """Send's input rules; InvalidArgument naming the offending field."""
+    number = to_e164(to, cfg.default_region, "to")
+    if len(media_urls) > MAX_MEDIA:
+        raise InvalidArgument("media_urls", f"at most {MAX_MEDIA} media URLs")
+    for url in media_urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidArgument("media_urls", f"{url!r} is not an http(s) URL")
+    if not body and not media_urls:
+        raise InvalidArgument("body", "a body is required when no media is given")
+    if len(body) > MAX_BODY:
+        raise InvalidArgument("body", f"at most {MAX_BODY} characters, got {len(body)}")
+    if len(request_id) > 200:
+        raise InvalidArgument("request_id", "at most 200 characters")
+    return SendInput(number, body, tuple(media_urls), contact_id, request_id)
+
+
+class Gateway:
+    """Everything the servicers and the worker do to messages and conversations."""
+
+    def __init__(self, cfg: Config, store: Store, events: EventLog, queue: SendQueue) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.events = events
+        self.queue = queue
+
+    # Access
+
+    def _may_see(self, caller: Caller, conversation: Doc) -> bool:
+        return caller.sees_all or conversation.get("owner") == caller.user_id
+
+    async def conversation_for(self, caller: Caller, cid: str) -> Doc:
+        """The conversation when the caller may see it; NOT_FOUND otherwise (existence is not leaked)."""
+        if not cid:
+            raise InvalidArgument("conversation_id", "required")
+        conv = await self.store.get_conversation(cid)
+        if conv is None or not self._may_see(caller, conv):
+            raise NotFound(f"conversation {cid} not found", "CONVERSATION_NOT_FOUND")
+        return conv
+
+    async def message_for(self, caller: Caller, message_id: str) -> Doc:
+        """The message when the caller may see its conversation; NOT_FOUND otherwise."""
+        if not message_id:
+            raise InvalidArgument("message_id", "required")
+        doc = await self.store.get_message(message_id)
+        if doc is None or not (caller.sees_all or doc.get("owner") == caller.user_id):
+            raise NotFound(f"message {message_id} not found", "MESSAGE_NOT_FOUND")
+        return doc
+
+    # Send
+
+    async def send(self, caller: Caller, req: SendInput) -> tuple[Doc, bool]:
+        """Stores the message as QUEUED, then queues it; returns it and whether it was a repeat."""
+        fingerprint = req.fingerprint()
+        if req.request_id:
+            earlier = await self.store.find_by_request(caller.user_id, req.request_id)
+            if earlier is not None:
+                return self._same_request(earlier, fingerprint), True
+        conv = await self._conversation_to_send(caller, req)
+        t = now()
+        doc: Doc = {
+            "conversation_id": conv["_id"],
+            "direction": "outbound",
+            "from": self.cfg.our_number,
+            "to": req.to,
+            "body": req.body,
+            "media": [{"url": u, "content_type": ""} for u in req.media_urls],
+            "status": st.QUEUED,
+            "status_history": [{"status": st.QUEUED, "time": t, "applied": True}],
+            "owner": conv["owner"],
+            "sender": caller.user_id,
+            "contact_id": req.contact_id or conv.get("contact_id", ""),
+            "attempts": 0,
+            "fingerprint": fingerprint,
+            "created": t,
+            "updated": t,
+        }
+        if req.request_id:
+            doc["request_id"] = req.request_id
+        try:
+            await self.store.insert_message(doc)
+        except DuplicateKeyError:
+            # A concurrent Send with the same key won the insert.
+            earlier = await self.store.find_by_request(caller.user_id, req.request_id)
+            if earlier is None:
+                raise
+            return self._same_request(earlier, fingerprint), True
+        await self.store.count_message(conv["_id"], doc, unread=False, extra={})
+        await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
+        await self._conversation_changed(conv["_id"])
+        await self.queue.enqueue(str(doc["_id"]))
+        return doc, False
+
+    @staticmethod
+    def _same_request(earlier: Doc, fingerprint: str) -> Doc:
+        if earlier.get("fingerprint") != fingerprint:
+            raise AlreadyExists("request_id was already used with a different payload", "REQUEST_ID_REUSED")
+        return earlier
+
+    async def _conversation_to_send(self, caller: Caller, req: SendInput) -> Doc:
+        cid = conversation_id(self.cfg.our_number, req.to)
+        conv = await self.store.get_conversation(cid)
+        if conv is None:
+            t = now()
+            conv = await self.store.create_conversation({
+                "_id": cid, "our_number": self.cfg.our_number, "contact_number": req.to,
+                "contact_id": req.contact_id, "owner": caller.user_id, "last_message_preview": "",
+                "last_message_at": t, "last_message_direction": "", "unread_count": 0, "message_count": 0,
+                "opted_out": False, "created": t, "updated": t,
+            })
+        if conv.get("opted_out"):
+            raise FailedPrecondition(f"{req.to} has opted out (STOP); they must text START first", "OPTED_OUT")
+        if caller.sees_all or conv["owner"] == caller.user_id:
+            return conv
+        # Unassigned inbound conversations go to the first agent who answers.
+        if conv["owner"] == self.cfg.default_owner and await self.store.claim_conversation(
+            cid, self.cfg.default_owner, caller.user_id, req.contact_id
+        ):
+            await self.store.messages.update_many({"conversation_id": cid}, {"$set": {"owner": caller.user_id}})
+            conv = await self.store.get_conversation(cid)
+            assert conv is not None
+            return conv
+        raise PermissionDenied("this contact's conversation belongs to another agent",
+                               "CONVERSATION_OF_ANOTHER_AGENT")
+
+    # Reading
+
+    async def list_conversations(self, caller: Caller, size: int, token: str) -> tuple[list[Doc], str]:
+        limit = paging.page_size(size)
+        after = paging.decode_token("conversations", token)
+        owner = None if caller.sees_all else caller.user_id
+        docs = await self.store.list_conversations(owner, after, limit + 1)
+        return self._page("conversations", docs, limit, "last_message_at", lambda d: str(d["_id"]))
+
+    async def list_messages(self, caller: Caller, cid: str, size: int, token: str) -> tuple[list[Doc], str]:
+        limit = paging.page_size(size)
+        position = paging.decode_token("messages", token)
+        conv = await self.conversation_for(caller, cid)
+        after: tuple[datetime, ObjectId] | None = None
+        if position is not None:
+            oid = message_oid(position[1])
+            if oid is None:
+                raise InvalidArgument("page_token", "malformed page token", "INVALID_PAGE_TOKEN")
+            after = (position[0], oid)
+        docs = await self.store.list_messages(conv["_id"], after, limit + 1)
+        return self._page("messages", docs, limit, "created", lambda d: str(d["_id"]))
+
+    @staticmethod
+    def _page(kind: str, docs: list[Doc], limit: int, time_field: str,
+              key: Any) -> tuple[list[Doc], str]:
+        if len(docs) <= limit:
+            return docs, ""
+        page = docs[:limit]
+        last = page[-1]
+        return page, paging.encode_token(kind, last[time_field], key(last))
+
+    async def mark_read(self, caller: Caller, cid: str) -> Doc:
+        conv = await self.conversation_for(caller, cid)
+        if await self.store.mark_read(cid):
+            return await self._conversation_changed(cid) or conv
+        return conv
+
+    async def _conversation_changed(self, cid: str) -> Doc | None:
+        """Reads the conversation as it now is and appends its event."""
+        conv = await self.store.get_conversation(cid)
+        if conv is not None:
+            await self.events.conversation(conv)
+        return conv
+
+    # Inbound
+
+    async def record_inbound(self, sid: str, from_raw: str, to_raw: str, body: str, media: list[Doc],
+                             segments: int, params: dict[str, str], received: datetime | None
+                             ) -> tuple[Doc, bool]:
+        """Stores an inbound message once per sid; returns it and whether it was a replay."""
+        if not sid:
+            raise InvalidArgument("message_sid", "required")
+        if not from_raw or not to_raw:
+            raise InvalidArgument("from_number" if not from_raw else "to_number", "required")
+        existing = await self.store.find_by_sid(sid)
+        if existing is not None:
+            return existing, True
+        contact = normalise_lenient(from_raw, self.cfg.default_region)
+        ours = normalise_lenient(to_raw, self.cfg.default_region)
+        cid = conversation_id(ours, contact)
+        t = now()
+        conv = await self.store.get_conversation(cid) or await self.store.create_conversation({
+            "_id": cid, "our_number": ours, "contact_number": contact, "contact_id": "",
+            "owner": self.cfg.default_owner, "last_message_preview": "", "last_message_at": t,
+            "last_message_direction": "", "unread_count": 0, "message_count": 0, "opted_out": False,
+            "created": t, "updated": t,
+        })
+        at = received or t
+        doc: Doc = {
+            "conversation_id": cid, "direction": "inbound", "from": contact, "to": ours, "body": body,
+            "media": media, "status": st.RECEIVED,
+            "status_history": [{"status": st.RECEIVED, "time": at, "applied": True}],
+            "twilio_sid": sid, "owner": conv["owner"], "contact_id": conv.get("contact_id", ""),
+            "segments": segments, "params": params, "attempts": 0, "created": t, "updated": t,
+        }
+        try:
+            await self.store.insert_message(doc)
+        except DuplicateKeyError:
+            earlier = await self.store.find_by_sid(sid)
+            if earlier is None:
+                raise
+            return earlier, True
+        opt = opt_keyword(body)
+        extra = {} if opt is None else {"opted_out": opt}
+        await self.store.count_message(cid, doc, unread=True, extra=extra)
+        await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
+        await self._conversation_changed(cid)
+        return doc, False
+
+    # Status
+
+    async def record_status(self, sid: str, raw_status: str, error_code: int, error_message: str,
+                            at: datetime | None) -> tuple[Doc, bool]:
+        """Applies a Twilio status callback by the ranking rules; returns the message and whether it moved."""
+        if not sid:
+            raise InvalidArgument("message_sid", "required")
+        new = st.parse_status(raw_status)
+        doc = await self.store.find_by_sid(sid)
+        if doc is None:
+            raise NotFound(f"no message with sid {sid}", "UNKNOWN_MESSAGE_SID")
+        doc, applied = await self.change_status(doc, new, at=at, error_code=error_code,
+                                                error_message=error_message)
+        if error_code == UNSUBSCRIBED_CODE:
+            await self.opt_out(doc["conversation_id"])
+        return doc, applied
+
+    async def change_status(self, doc: Doc, new: str, *, at: datetime | None = None, error_code: int = 0,
+                            error_message: str = "", set_fields: Doc | None = None) -> tuple[Doc, bool]:
+        """Records `new` in the history; moves the status only up the ranks. The one status writer.
+
+        A status already in the history is a duplicate and changes nothing. `set_fields` are written
+        with the change whether or not it moves the status (the worker's sid, price, segments).
+        """
+        for _ in range(_STATUS_RETRIES):
+            if any(h["status"] == new for h in doc.get("status_history", [])) and not set_fields:
+                return doc, False
+            current = doc["status"]
+            applied = st.moves(current, new)
+            entry: Doc = {"status": new, "time": at or now(), "applied": applied}
+            if error_code:
+                entry["error_code"] = error_code
+            if error_message:
+                entry["error_message"] = error_message
+            fields: Doc = dict(set_fields or {})
+            if applied:
+                fields["status"] = new
+                if new in st.FAILURES or error_code:
+                    fields["error_code"] = error_code
+                    fields["error_message"] = error_message
+            update: Doc = {"$set": fields}
+            duplicate = any(h["status"] == new for h in doc.get("status_history", []))
+            if not duplicate:
+                update["$push"] = {"status_history": entry}
+            expect: Doc = {"status": current, "status_history.status": {"$ne": new}} if not duplicate \
+                else {"status": current}
+            updated = await self.store.update_message(doc["_id"], expect, update)
+            if updated is not None:
+                await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, updated)
+                return updated, applied and not duplicate
+            fresh = await self.store.get_message(str(doc["_id"]))
+            if fresh is None:
+                raise NotFound(f"message {doc['_id']} vanished", "MESSAGE_NOT_FOUND")
+            doc = fresh
+        raise FailedPrecondition("message changed concurrently too often; retry", "CONCURRENT_UPDATE")
+
+    async def opt_out(self, cid: str, opted_out: bool = True) -> None:
+        """Marks a conversation opted out (STOP or Twilio 21610) or back in."""
+        if await self.store.set_opted_out(cid, opted_out):
+            await self._conversation_changed(cid)

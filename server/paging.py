@@ -1,0 +1,43 @@
+"""AIP-158 paging: page sizes and opaque keyset page tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+from server.errors import InvalidArgument
+from server.timeutil import from_ms, to_ms
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def page_size(requested: int) -> int:
+    """0 means the default; above the maximum is capped; negative is INVALID_ARGUMENT."""
+    if requested < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(kind: str, t: datetime, key: str) -> str:
+    """An opaque token for the position after (t, key) in a list of `kind`."""
+    raw = json.dumps([kind, to_ms(t), key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(kind: str, token: str) -> tuple[datetime, str] | None:
+    """The position a token names; None for an empty token; INVALID_ARGUMENT when malformed.
+
+    Tokens carry only a position: every query still filters by the caller, so a token never grants access.
+    """
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        k, ms, key = json.loads(raw)
+        if k != kind or not isinstance(ms, int) or not isinstance(key, str):
+            raise ValueError
+        return from_ms(ms), key
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise InvalidArgument("page_token", "malformed page token", "INVALID_PAGE_TOKEN") from None

@@ -1,0 +1,101 @@
+"""SmsService: the public API. Thin: authenticate, call the gateway, convert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from sms.v1 import sms_pb2, sms_pb2_grpc
+
+from server.auth import Role
+from server.config import Config
+from server.convert import conversation_to_proto, message_to_proto
+from server.edge import authenticate, unary
+from server.gateway import Gateway, validate_send
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
+    def __init__(self, cfg: Config, gateway: Gateway, hub: Any = None, admin: Any = None) -> None:
+        self.cfg = cfg
+        self.gateway = gateway
+        self.secret = cfg.jwt_secret
+        # Subscribe's fan-out hub and the admin operations (queue stats, sync) live in their own modules.
+        self.hub = hub
+        self.admin = admin
+
+    @unary
+    async def Send(self, request: sms_pb2.SendRequest, context: Context) -> sms_pb2.SendResponse:
+        caller = authenticate(self.secret, context)
+        req = validate_send(self.cfg, request.to, request.body, list(request.media_urls), request.contact_id,
+                            request.request_id)
+        doc, duplicate = await self.gateway.send(caller, req)
+        return sms_pb2.SendResponse(message=message_to_proto(doc), duplicate=duplicate)
+
+    @unary
+    async def GetMessage(
+        self, request: sms_pb2.GetMessageRequest, context: Context
+    ) -> sms_pb2.GetMessageResponse:
+        caller = authenticate(self.secret, context)
+        doc = await self.gateway.message_for(caller, request.message_id)
+        return sms_pb2.GetMessageResponse(message=message_to_proto(doc))
+
+    @unary
+    async def GetConversation(
+        self, request: sms_pb2.GetConversationRequest, context: Context
+    ) -> sms_pb2.GetConversationResponse:
+        caller = authenticate(self.secret, context)
+        doc = await self.gateway.conversation_for(caller, request.conversation_id)
+        return sms_pb2.GetConversationResponse(conversation=conversation_to_proto(doc))
+
+    @unary
+    async def ListConversations(
+        self, request: sms_pb2.ListConversationsRequest, context: Context
+    ) -> sms_pb2.ListConversationsResponse:
+        caller = authenticate(self.secret, context)
+        docs, token = await self.gateway.list_conversations(caller, request.page_size, request.page_token)
+        return sms_pb2.ListConversationsResponse(
+            conversations=[conversation_to_proto(d) for d in docs], next_page_token=token
+        )
+
+    @unary
+    async def ListMessages(
+        self, request: sms_pb2.ListMessagesRequest, context: Context
+    ) -> sms_pb2.ListMessagesResponse:
+        caller = authenticate(self.secret, context)
+        docs, token = await self.gateway.list_messages(
+            caller, request.conversation_id, request.page_size, request.page_token
+        )
+        return sms_pb2.ListMessagesResponse(messages=[message_to_proto(d) for d in docs], next_page_token=token)
+
+    @unary
+    async def MarkConversationRead(
+        self, request: sms_pb2.MarkConversationReadRequest, context: Context
+    ) -> sms_pb2.MarkConversationReadResponse:
+        caller = authenticate(self.secret, context)
+        doc = await self.gateway.mark_read(caller, request.conversation_id)
+        return sms_pb2.MarkConversationReadResponse(conversation=conversation_to_proto(doc))
+
+    async def Subscribe(
+        self, request: sms_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[sms_pb2.SubscribeResponse]:
+        async for response in self.hub.subscribe(request, context):
+            yield response
+
+    @unary
+    async def GetQueueStats(
+        self, request: sms_pb2.GetQueueStatsRequest, context: Context
+    ) -> sms_pb2.GetQueueStatsResponse:
+        authenticate(self.secret, context, Role.ADMIN)
+        stats: sms_pb2.GetQueueStatsResponse = await self.admin.queue_stats()
+        return stats
+
+    @unary
+    async def SyncFromTwilio(
+        self, request: sms_pb2.SyncFromTwilioRequest, context: Context
+    ) -> sms_pb2.SyncFromTwilioResponse:
+        authenticate(self.secret, context, Role.ADMIN)
+        result: sms_pb2.SyncFromTwilioResponse = await self.admin.sync_from_twilio(request)
+        return result

@@ -1,0 +1,188 @@
+"""All MongoDB access: messages and conversations, with keyset-paged queries."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from server.timeutil import now
+
+Doc = dict[str, Any]
+Cursor = tuple[datetime, str]
+
+PREVIEW_CHARS = 160
+
+
+def conversation_id(our_number: str, contact_number: str) -> str:
+    """The one conversation per pair of our number and contact number, stable across replicas."""
+    digest = hashlib.sha256(f"{our_number}|{contact_number}".encode()).hexdigest()
+    return f"c{digest[:24]}"
+
+
+def message_oid(message_id: str) -> ObjectId | None:
+    """The ObjectId of a public message id, or None when it cannot be one."""
+    try:
+        return ObjectId(message_id)
+    except (InvalidId, TypeError):
+        return None
+
+
+def preview(body: str, media_count: int) -> str:
+    if body:
+        return body[:PREVIEW_CHARS]
+    return f"[{media_count} attachment{'s' if media_count != 1 else ''}]" if media_count else ""
+
+
+class Store:
+    """The sms-gateway collections in one database."""
+
+    def __init__(self, client: AsyncMongoClient[Doc], db_name: str) -> None:
+        self.client = client
+        db = client[db_name]
+        self.messages: AsyncCollection[Doc] = db["messages"]
+        self.conversations: AsyncCollection[Doc] = db["conversations"]
+
+    @classmethod
+    def connect(cls, uri: str, db_name: str) -> Store:
+        """A store over a new client; connections are made lazily."""
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000
+        )
+        return cls(client, db_name)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ping(self) -> None:
+        """Raises when MongoDB does not answer."""
+        await self.client.admin.command("ping")
+
+    async def ensure_indexes(self) -> None:
+        """Indexes for every query below; each list query is served by a keyset index."""
+        await self.messages.create_index([("conversation_id", ASCENDING), ("created", DESCENDING),
+                                          ("_id", DESCENDING)])
+        await self.messages.create_index(
+            "twilio_sid", unique=True, partialFilterExpression={"twilio_sid": {"$type": "string"}}
+        )
+        await self.messages.create_index(
+            [("owner", ASCENDING), ("request_id", ASCENDING)], unique=True,
+            partialFilterExpression={"request_id": {"$type": "string"}},
+        )
+        await self.messages.create_index([("status", ASCENDING), ("created", ASCENDING)])
+        await self.conversations.create_index([("owner", ASCENDING), ("last_message_at", DESCENDING),
+                                               ("_id", DESCENDING)])
+        await self.conversations.create_index([("last_message_at", DESCENDING), ("_id", DESCENDING)])
+
+    # Conversations
+
+    async def get_conversation(self, cid: str) -> Doc | None:
+        return await self.conversations.find_one({"_id": cid})
+
+    async def create_conversation(self, doc: Doc) -> Doc:
+        """Inserts `doc`, or returns the conversation a concurrent caller created first."""
+        try:
+            await self.conversations.insert_one(doc)
+            return doc
+        except DuplicateKeyError:
+            existing = await self.get_conversation(doc["_id"])
+            assert existing is not None  # a conversation is never deleted
+            return existing
+
+    async def claim_conversation(self, cid: str, from_owner: str, to_owner: str, contact_id: str) -> bool:
+        """Moves an unassigned conversation to `to_owner`; False when someone else got it first."""
+        update: Doc = {"owner": to_owner, "updated": now()}
+        if contact_id:
+            update["contact_id"] = contact_id
+        result = await self.conversations.update_one({"_id": cid, "owner": from_owner}, {"$set": update})
+        return result.matched_count == 1
+
+    async def count_message(self, cid: str, message: Doc, unread: bool, extra: Mapping[str, Any]) -> None:
+        """Counts a new message into its conversation and makes it the last message when it is newest."""
+        created: datetime = message["created"]
+        inc = {"message_count": 1, **({"unread_count": 1} if unread else {})}
+        last = {
+            "last_message_at": created,
+            "last_message_preview": preview(message.get("body", ""), len(message.get("media", []))),
+            "last_message_direction": message["direction"],
+            "updated": now(),
+            **extra,
+        }
+        # Conditional on time so concurrent writers never put an older message on top.
+        result = await self.conversations.update_one(
+            {"_id": cid, "last_message_at": {"$lte": created}}, {"$set": last, "$inc": inc}
+        )
+        if result.matched_count == 0:
+            await self.conversations.update_one(
+                {"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}}
+            )
+
+    async def set_opted_out(self, cid: str, opted_out: bool) -> bool:
+        """Sets the flag; True when it changed."""
+        result = await self.conversations.update_one(
+            {"_id": cid, "opted_out": {"$ne": opted_out}}, {"$set": {"opted_out": opted_out, "updated": now()}}
+        )
+        return result.modified_count == 1
+
+    async def mark_read(self, cid: str) -> bool:
+        """Zeroes the unread count; True when it was not zero."""
+        result = await self.conversations.update_one(
+            {"_id": cid, "unread_count": {"$ne": 0}}, {"$set": {"unread_count": 0, "updated": now()}}
+        )
+        return result.modified_count == 1
+
+    async def list_conversations(self, owner: str | None, after: Cursor | None, limit: int) -> list[Doc]:
+        """Conversations by last activity, newest first, after the keyset cursor `after`."""
+        query: Doc = {} if owner is None else {"owner": owner}
+        if after is not None:
+            t, cid = after
+            query["$or"] = [{"last_message_at": {"$lt": t}}, {"last_message_at": t, "_id": {"$lt": cid}}]
+        cursor = self.conversations.find(query).sort([("last_message_at", DESCENDING), ("_id", DESCENDING)])
+        return await cursor.limit(limit).to_list()
+
+    # Messages
+
+    async def insert_message(self, doc: Doc) -> Doc:
+        """Stores a new message; raises DuplicateKeyError on a repeated sid or request id."""
+        result = await self.messages.insert_one(doc)
+        doc["_id"] = result.inserted_id
+        return doc
+
+    async def get_message(self, message_id: str) -> Doc | None:
+        oid = message_oid(message_id)
+        return None if oid is None else await self.messages.find_one({"_id": oid})
+
+    async def find_by_sid(self, sid: str) -> Doc | None:
+        return await self.messages.find_one({"twilio_sid": sid})
+
+    async def find_by_request(self, owner: str, request_id: str) -> Doc | None:
+        return await self.messages.find_one({"owner": owner, "request_id": request_id})
+
+    async def list_messages(self, cid: str, after: tuple[datetime, ObjectId] | None, limit: int) -> list[Doc]:
+        """A conversation's messages, newest first, after the keyset cursor `after`."""
+        query: Doc = {"conversation_id": cid}
+        if after is not None:
+            t, oid = after
+            query["$or"] = [{"created": {"$lt": t}}, {"created": t, "_id": {"$lt": oid}}]
+        cursor = self.messages.find(query).sort([("created", DESCENDING), ("_id", DESCENDING)])
+        return await cursor.limit(limit).to_list()
+
+    async def update_message(self, oid: ObjectId, expect: Doc, update: Doc) -> Doc | None:
+        """Applies `update` to message `oid` while `expect` still holds; the updated document, or None.
+
+        The filter carries the state the caller read, so a concurrent change makes it match nothing
+        instead of being overwritten. update_one + find_one, because SecantusDB runs find_one_and_update
+        an order of magnitude slower (design.md).
+        """
+        update.setdefault("$set", {})["updated"] = now()
+        result = await self.messages.update_one({"_id": oid, **expect}, update)
+        if result.matched_count == 0:
+            return None
+        return await self.messages.find_one({"_id": oid})

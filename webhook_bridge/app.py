@@ -1,0 +1,217 @@
+"""The webhook bridge: Twilio's signed form posts in, SmsIngestService calls out, answered once stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from server.config import Config
+from webhook_bridge.forms import FORM_CONTENT_TYPE, FormError, inbound_request, parse_form, status_request
+from webhook_bridge.ingest_client import IngestClient, IngestError
+from webhook_bridge.metrics import BridgeMetrics
+from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdict
+
+log = logging.getLogger("webhook_bridge")
+
+MAX_BODY_BYTES = 64 * 1024
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+# Twilio only retries a 5xx when the webhook URL carries connection overrides (#rc=..&rp=5xx); the header
+# is for any other client, and for operators reading the answer.
+RETRY_AFTER_SECONDS = "2"
+
+class Bridge:
+    """The routes, with what they share: the ingest client, the signature check and the metrics."""
+
+    def __init__(
+        self, client: IngestClient, verifier: SignatureVerifier | None, metrics: BridgeMetrics
+    ) -> None:
+        self.client = client
+        self.verifier = verifier
+        self.metrics = metrics
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """POST /twilio/inbound: store the message, then answer with empty TwiML (send no reply)."""
+
+        async def store(form: MultiDictProxy[str]) -> str:
+            resp = await self.client.record_inbound(inbound_request(form))
+            return "duplicate" if resp.duplicate else "stored"
+
+        return await self._handle(
+            request, "inbound", store, lambda: web.Response(text=EMPTY_TWIML, content_type="text/xml")
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        """POST /twilio/status: record the status callback, then answer 200 with no body."""
+
+        async def store(form: MultiDictProxy[str]) -> str:
+            resp = await self.client.record_status(status_request(form))
+            return "applied" if resp.applied else "not_applied"
+
+        return await self._handle(request, "status", store, lambda: web.Response(status=200))
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        """GET /healthz: 200 only while the gRPC server reports SERVING, so balancers skip a cut-off one."""
+        if await self.client.serving():
+            return web.Response(text="serving\n")
+        return web.Response(status=503, text="grpc server not serving\n")
+
+    async def metrics_page(self, _: web.Request) -> web.Response:
+        """GET /metrics: Prometheus text exposition."""
+        body = self.metrics.render().encode()
+        return web.Response(body=body, headers={"Content-Type": BridgeMetrics.CONTENT_TYPE})
+
+    async def _handle(
+        self,
+        request: web.Request,
+        route: str,
+        store: Callable[[MultiDictProxy[str]], Awaitable[str]],
+        answer: Callable[[], web.Response],
+    ) -> web.Response:
+        outcome, response = await self._process(request, route, store, answer)
+        self.metrics.posts.inc(route, outcome)
+        return response
+
+    async def _process(
+        self,
+        request: web.Request,
+        route: str,
+        store: Callable[[MultiDictProxy[str]], Awaitable[str]],
+        answer: Callable[[], web.Response],
+    ) -> tuple[str, web.Response]:
+        # Refuse an oversized body before reading it when the length is declared; read() enforces the same
+        # limit (client_max_size) for chunked bodies.
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return "too_large", _too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return "too_large", _too_large()
+        if request.content_type != FORM_CONTENT_TYPE:
+            return "bad_request", _plain(400, f"expected {FORM_CONTENT_TYPE}")
+        try:
+            form = parse_form(body)
+        except FormError as exc:
+            return "bad_request", _plain(400, str(exc))
+
+        if self.verifier is not None:
+            verdict = self.verifier.verify(request.raw_path, form, request.headers.get(SIGNATURE_HEADER))
+            if verdict is not Verdict.VALID:
+                self.metrics.signature_failures.inc(route, verdict.value)
+                # Nothing from the body: an unsigned post is untrusted, and bodies are never logged.
+                log.warning(
+                    "refused %s post from %s: %s %s", route, request.remote, verdict.value, SIGNATURE_HEADER
+                )
+                return "forbidden", _plain(403, "invalid signature")
+
+        try:
+            outcome = await store(form)
+        except FormError as exc:
+            return "bad_request", _plain(400, str(exc))
+        except IngestError as exc:
+            return self._failed(route, form, exc)
+        return outcome, answer()
+
+    def _failed(self, route: str, form: MultiDictProxy[str], exc: IngestError) -> tuple[str, web.Response]:
+        sid = form.get("MessageSid", "")
+        if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+            log.warning("server refused %s %s as invalid: %s", route, sid, exc.details)
+            return "bad_request", _plain(400, "invalid post")
+        if exc.code == grpc.StatusCode.NOT_FOUND:
+            # The sid may be one the worker has not written yet: a 503 gets the callback retried (with
+            # connection overrides) instead of acknowledging something that was never stored.
+            log.warning("%s callback for unknown sid %s; answering 503 so Twilio retries", route, sid)
+            return "unknown_sid", _unavailable()
+        log.error("could not store %s %s: %s %s", route, sid, exc.code.name, exc.details)
+        return "unavailable", _unavailable()
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n")
+
+
+def _too_large() -> web.Response:
+    return _plain(413, f"body over {MAX_BODY_BYTES} bytes")
+
+
+def _unavailable() -> web.Response:
+    return web.Response(status=503, text="try again\n", headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def build_app(cfg: Config, metrics: BridgeMetrics | None = None) -> web.Application:
+    """The aiohttp application for `cfg`; its cleanup closes the gRPC channel."""
+    metrics = metrics or BridgeMetrics()
+    verifier = SignatureVerifier(cfg.twilio_auth_token, cfg.public_base_url) if cfg.webhook_verify else None
+    client = IngestClient(cfg.grpc_target, cfg.jwt_secret, cfg.bridge_deadline_seconds, metrics)
+    bridge = Bridge(client, verifier, metrics)
+    # One byte over the limit is enough to tell "too large" from "exactly at the limit".
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_post("/twilio/inbound", bridge.inbound)
+    app.router.add_post("/twilio/status", bridge.status)
+    app.router.add_get("/healthz", bridge.healthz)
+    app.router.add_get("/metrics", bridge.metrics_page)
+
+    async def connect(_: web.Application) -> None:
+        client.connect()
+
+    async def close(_: web.Application) -> None:
+        await client.close()
+
+    app.on_startup.append(connect)
+    app.on_cleanup.append(close)
+    return app
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """host and port of "host:port" (IPv6 hosts in brackets)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"SMS_BRIDGE_ADDR must be host:port, got {addr!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
+    """Serves until SIGTERM/SIGINT, then stops accepting, finishes in-flight posts and returns 0."""
+    host, port = split_addr(cfg.bridge_addr)
+    app = build_app(cfg)
+    # In-flight posts end within the internal deadline; leave a margin for the answer itself.
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=max(cfg.drain_seconds, cfg.bridge_deadline_seconds + 1.0)
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        log.info("webhook bridge listening on %s:%d, calling %s", host, port, cfg.grpc_target)
+        if ready is not None:
+            ready()
+        await stop.wait()
+        log.info("stopping: no new connections, finishing in-flight posts")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("webhook bridge stopped")
+    return 0
+
+
+def run(cfg: Config) -> int:
+    """Entry point of `sms-gateway bridge`."""
+    cfg.require("SMS_JWT_SECRET")
+    if cfg.webhook_verify:
+        cfg.require("TWILIO_AUTH_TOKEN", "SMS_PUBLIC_BASE_URL")
+    else:
+        log.warning(
+            "!!! SMS_WEBHOOK_VERIFY=false: X-Twilio-Signature is NOT checked; anyone who can reach this "
+            "bridge can inject messages and statuses. Local use only. !!!"
+        )
+    return asyncio.run(serve(cfg))
