@@ -49,7 +49,7 @@ def verify_token(secret: str, token: str) -> Caller:
     if not isinstance(sub, str) or not sub:
         raise Unauthenticated("token has no subject")
     try:
-        return Caller(sub, Role(role))
+        return Caller(sub, Role(str(role)))
     except ValueError:
         raise Unauthenticated("token has no valid role") from None
 

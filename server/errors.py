@@ -70,12 +70,13 @@ def to_status(error: DomainError) -> grpc.Status:
     detail.Pack(info)
     code_value: int = error.code.value[0]
     status = status_pb2.Status(code=code_value, message=error.message, details=[detail])
-    return rpc_status.to_status(status)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
 
 
 def error_reason(exc: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
     """The ErrorInfo reason carried by a failed call, for clients and tests."""
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    status = rpc_status.from_call(exc)
     if status is None:
         return None
     for detail in status.details:
