@@ -88,9 +88,7 @@ class WebhookPoster:
     async def open(self) -> None:
         """Creates the HTTP session (inside the running loop)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": "TwilioProxy/1.1"}, auto_decompress=True
-            )
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "TwilioProxy/1.1"}, auto_decompress=True)
 
     async def close(self) -> None:
         """Closes the HTTP session."""
@@ -175,7 +173,8 @@ class WebhookPoster:
             if failure is None:
                 return result
             if attempt > overrides.retry_count or failure not in overrides.retry_policy:
-                log.warning("%s webhook for %s to %s gave up after %d attempt(s): %s",
-                            kind, sid, url, attempt, error or status)
+                log.warning(
+                    "%s webhook for %s to %s gave up after %d attempt(s): %s", kind, sid, url, attempt, error or status
+                )
                 return result
             await asyncio.sleep(backoff_ms * attempt / 1000)

@@ -87,7 +87,7 @@ def start_http_process(name: str, subcommand: str, env: Mapping[str, str], host:
     """Starts an `sms-gateway` subcommand that listens on host:port and waits until it accepts."""
     proc = Proc(name, [*SMS_GATEWAY, subcommand], env)
     try:
-        wait_for_port(host, port, 30, proc.process)  # type: ignore[arg-type]
+        wait_for_port(host, port, 30, proc.process)
     except Exception as exc:
         proc.stop()
         raise RuntimeError(f"{name} did not start: {exc}\n{proc.log()[-3000:]}") from exc
