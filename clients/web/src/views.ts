@@ -15,6 +15,25 @@ export const ICONS = {
   ban: "M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18|M5.6 5.6l12.8 12.8",
 };
 
+/** Short texts for common Twilio error codes, used when the server gave no error message. */
+const TWILIO_ERRORS: Record<number, string> = {
+  21211: "Invalid 'To' phone number",
+  21408: "Sending to this region is not enabled",
+  21610: "Recipient opted out (STOP)",
+  21612: "Cannot route to this number",
+  21614: "'To' is not a mobile number",
+  30003: "Unreachable destination handset",
+  30004: "Message blocked",
+  30005: "Unknown destination handset",
+  30006: "Landline or unreachable carrier",
+  30007: "Filtered by the carrier",
+  30008: "Unknown error",
+};
+
+function errorDetail(m: Message): string {
+  return m.errorMessage || TWILIO_ERRORS[m.errorCode] || "";
+}
+
 export function contactLabel(c: Conversation): string {
   return c.contactNumber || "(no number)";
 }
@@ -101,7 +120,8 @@ export function statusTick(m: Message): HTMLElement | null {
       glyph = icon(ICONS.alert);
       const parts = [label];
       if (m.errorCode) parts.push(`error ${m.errorCode}`);
-      title = parts.join(": ") + (m.errorMessage ? ` – ${m.errorMessage}` : "");
+      const detail = errorDetail(m);
+      title = parts.join(": ") + (detail ? ` – ${detail}` : "");
       break;
     }
     case "canceled":
@@ -150,7 +170,7 @@ export function messageBubble(m: Message): HTMLElement {
         ? h(
             "div",
             { class: "bubble-error", "data-testid": "message-error" },
-            `Not delivered${m.errorCode ? ` · ${m.errorCode}` : ""}${m.errorMessage ? ` ${m.errorMessage}` : ""}`,
+            `Not delivered${m.errorCode ? ` · ${m.errorCode}` : ""}${errorDetail(m) ? ` ${errorDetail(m)}` : ""}`,
           )
         : null,
       h(
