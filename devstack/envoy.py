@@ -6,6 +6,7 @@ import ipaddress
 import json
 import mimetypes
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -43,8 +44,8 @@ CONTENT_TYPES = {
 IMMUTABLE_PREFIX = "assets/"
 MISSING_UI_NOTE = (
     "The web UI is not built: clients/web/dist does not exist.\n"
-    "Build it with `npm --prefix clients/web ci && npm --prefix clients/web run build` (the README's run script\n"
-    "does this), then restart `sms-gateway dev`. grpc-web on this port works meanwhile.\n"
+    "Build it (./dev.sh does, or: npm --prefix clients/web run build): `sms-gateway dev` serves it as soon\n"
+    "as the build is complete. grpc-web on this port works meanwhile.\n"
 )
 
 
@@ -63,6 +64,14 @@ def split_addr(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"address {addr!r} is not host:port")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _as_ip(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return socket.gethostbyname(host)
 
 
 def content_type(path: Path) -> str:
@@ -108,14 +117,21 @@ def static_routes(dist: Path) -> tuple[list[dict[str, Any]], int]:
         if rel == "index.html":
             routes.append(_file_route({"path": "/"}, file.resolve(), rel))
     not_found = {"status": 404, "body": {"inline_string": "not found\n"}}
-    routes.append({"match": {"prefix": "/"}, "direct_response": not_found,
-                   "response_headers_to_add": [_header("content-type", "text/plain; charset=utf-8")]})
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "direct_response": not_found,
+            "response_headers_to_add": [_header("content-type", "text/plain; charset=utf-8")],
+        }
+    )
     return routes, largest
 
 
 def render(ports: EnvoyPorts, out: Path, dist: Path = DIST_DIR, template: Path = TEMPLATE) -> Path:
     """Writes the Envoy config for `ports` and the files in `dist` to `out` (atomically); returns `out`."""
     web_host, web_port = split_addr(ports.web_addr)
+    # A listener needs an IP address; SMS_WEB_ADDR=localhost:8080 is a fair thing to write.
+    web_host = _as_ip(web_host)
     grpc_host, grpc_port = split_addr(ports.grpc_addr)
     try:
         ipaddress.ip_address(grpc_host)
@@ -166,5 +182,16 @@ def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
     """The command line that runs Envoy with `config`."""
     # Hot restart uses shared memory keyed by base id: two Envoys on one machine (a test and a dev
     # stack) would collide on it, and nothing here restarts Envoy hot.
-    return [str(envoy_binary()), "-c", str(config), "--disable-hot-restart", "--log-level", log_level,
-            "--concurrency", "2"]
+    # Access log lines are buffered for 10 s by default: too late to read beside the other children's.
+    return [
+        str(envoy_binary()),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--log-level",
+        log_level,
+        "--concurrency",
+        "2",
+        "--file-flush-interval-msec",
+        "200",
+    ]
