@@ -48,6 +48,13 @@ class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
 
 
+class Aborted(DomainError):
+    """A lost race; the caller may retry at once."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "ABORTED"
+
+
 class PermissionDenied(DomainError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"

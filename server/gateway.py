@@ -18,7 +18,7 @@ from server import paging
 from server import status as st
 from server.auth import Caller
 from server.config import Config
-from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from server.events import EventLog
 from server.phone import normalise_lenient, to_e164
 from server.send_queue import SendQueue
@@ -117,8 +117,10 @@ class Gateway:
     async def send(self, caller: Caller, req: SendInput) -> tuple[Doc, bool]:
         """Stores the message as QUEUED, then queues it; returns it and whether it was a repeat."""
         fingerprint = req.fingerprint()
-        if req.request_id:
-            earlier = await self.store.find_by_request(caller.user_id, req.request_id)
+        # Keys are per user: the sender's, which differs from the owner when an admin sends.
+        request_key = f"{caller.user_id}\x1f{req.request_id}" if req.request_id else ""
+        if request_key:
+            earlier = await self.store.find_by_request(request_key)
             if earlier is not None:
                 return self._same_request(earlier, fingerprint), True
         conv = await self._conversation_to_send(caller, req)
@@ -140,13 +142,14 @@ class Gateway:
             "created": t,
             "updated": t,
         }
-        if req.request_id:
+        if request_key:
             doc["request_id"] = req.request_id
+            doc["request_key"] = request_key
         try:
             await self.store.insert_message(doc)
         except DuplicateKeyError:
             # A concurrent Send with the same key won the insert.
-            earlier = await self.store.find_by_request(caller.user_id, req.request_id)
+            earlier = await self.store.find_by_request(request_key)
             if earlier is None:
                 raise
             return self._same_request(earlier, fingerprint), True
@@ -331,7 +334,7 @@ class Gateway:
             if fresh is None:
                 raise NotFound(f"message {doc['_id']} vanished", "MESSAGE_NOT_FOUND")
             doc = fresh
-        raise FailedPrecondition("message changed concurrently too often; retry", "CONCURRENT_UPDATE")
+        raise Aborted("message changed concurrently too often; retry", "CONCURRENT_UPDATE")
 
     async def opt_out(self, cid: str, opted_out: bool = True) -> None:
         """Marks a conversation opted out (STOP or Twilio 21610) or back in."""

@@ -426,3 +426,16 @@ async def test_status_errors_and_unsubscribed(sms: sms_pb2_grpc.SmsServiceStub,
     conv = await sms.GetConversation(sms_pb2.GetConversationRequest(conversation_id=msg.conversation_id),
                                      metadata=auth(user))
     assert conv.conversation.opted_out
+
+
+async def test_idempotency_key_belongs_to_the_sender_not_the_owner(sms: sms_pb2_grpc.SmsServiceStub, db: Any) -> None:
+    agent, number, key = unique_user(), unique_number(), uuid.uuid4().hex
+    await send(sms, agent, number, "agent's first")
+    admin = auth("boss-" + uuid.uuid4().hex[:6], "admin")
+    req = sms_pb2.SendRequest(to=number, body="from the admin", request_id=key)
+    first = await sms.Send(req, metadata=admin)
+    again = await sms.Send(req, metadata=admin)
+    assert first.message.owner == agent  # the conversation keeps its owner
+    assert again.duplicate and again.message.id == first.message.id
+    assert not (await send(sms, agent, number, "agent reuses the key", request_id=key)).duplicate
+    assert await db.messages.count_documents({"to": number}) == 3

@@ -11,7 +11,7 @@ import grpc
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from server.config import Config
+from server.config import Config, ConfigError
 from webhook_bridge.forms import FORM_CONTENT_TYPE, FormError, inbound_request, parse_form, status_request
 from webhook_bridge.ingest_client import IngestClient, IngestError
 from webhook_bridge.metrics import BridgeMetrics
@@ -207,6 +207,8 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
 def run(cfg: Config) -> int:
     """Entry point of `sms-gateway bridge`."""
     cfg.require("SMS_JWT_SECRET")
+    if cfg.bridge_deadline_seconds <= 0:
+        raise ConfigError("SMS_BRIDGE_DEADLINE_SECONDS must be above 0: posts are answered only once stored")
     if cfg.webhook_verify:
         cfg.require("TWILIO_AUTH_TOKEN", "SMS_PUBLIC_BASE_URL")
     else:

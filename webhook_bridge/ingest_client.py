@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -13,11 +14,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sms.v1 import ingest_pb2, ingest_pb2_grpc
 
 from server.auth import mint_token
+from server.errors import error_reason
 from webhook_bridge.metrics import BridgeMetrics
 
 log = logging.getLogger(__name__)
 
 SERVICE_USER = "webhook-bridge"
+# Health of the service the bridge needs, not just the process: the server reports it NOT_SERVING while
+# MongoDB or Redis is unreachable and while draining.
+INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["SmsIngestService"].full_name
 TOKEN_TTL_SECONDS = 3600
 # Re-mint well before expiry so a token never expires between being attached and being checked.
 TOKEN_REFRESH_MARGIN_SECONDS = 300
@@ -26,6 +31,10 @@ UNAVAILABLE_BACKOFF = (0.05, 0.2)
 UNAVAILABLE_WAIT_PAUSE = 0.2
 # A status callback can overtake the worker's write of the sid: ask again after these pauses.
 NOT_FOUND_BACKOFF = (0.25, 0.5)
+# Concurrent callbacks for one message can exhaust the server's optimistic-update retries; the write is
+# idempotent, so it is simply asked again.
+CONFLICT_BACKOFF = (0.01, 0.05, 0.1)
+CONFLICT_REASONS = frozenset({"CONCURRENT_UPDATE"})
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # gRPC's default reconnect backoff grows to 120 s; a server that comes back must be reached at once,
@@ -125,7 +134,7 @@ class IngestClient:
     async def serving(self, within: float = 1.0) -> bool:
         """Whether the server answers its grpc.health.v1 check with SERVING within `within` seconds."""
         try:
-            resp = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=within)
+            resp = await self._health.Check(health_pb2.HealthCheckRequest(service=INGEST_SERVICE), timeout=within)
         except grpc.aio.AioRpcError:
             return False
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
@@ -146,6 +155,7 @@ class IngestClient:
     ) -> R:
         unavailable = iter(UNAVAILABLE_BACKOFF)
         not_found = iter(NOT_FOUND_BACKOFF if retry_not_found else ())
+        conflict = iter(CONFLICT_BACKOFF)
         # Once the fast retries are spent, the next attempt waits for the channel to become ready for the
         # rest of the deadline: a server that is restarting gets the whole deadline to come back.
         wait_for_ready = False
@@ -167,6 +177,12 @@ class IngestClient:
                         pause = UNAVAILABLE_WAIT_PAUSE if wait_for_ready else 0.0
                         wait_for_ready = True
                     cause = "unavailable"
+                elif _conflict(exc):
+                    pause = next(conflict, None)
+                    if pause is None:
+                        raise IngestError(code, details) from None
+                    pause *= random.uniform(0.5, 1.5)  # jitter: the racing writers must not collide again
+                    cause = "conflict"
                 elif code == grpc.StatusCode.NOT_FOUND:
                     pause = next(not_found, None)
                     if pause is None:
@@ -176,6 +192,13 @@ class IngestClient:
                     raise IngestError(code, details) from None
             self._metrics.ingest_retries.inc(method, cause)
             await _sleep_within(pause, deadline)
+
+
+def _conflict(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the call lost a race with another writer and may simply be repeated."""
+    if exc.code() == grpc.StatusCode.ABORTED:
+        return True
+    return exc.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(exc) in CONFLICT_REASONS
 
 
 async def _sleep_within(pause: float, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Mapping
+from urllib.parse import urlparse
 
 from multidict import MultiDictProxy
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, add_port, remove_port
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 
@@ -30,7 +32,12 @@ def public_url(public_base_url: str, raw_path_qs: str) -> str:
 
 
 class SignatureVerifier:
-    """Checks posts against one auth token; cheap to call per request (two HMAC-SHA1 digests)."""
+    """Checks posts against one auth token and public base URL.
+
+    Same verdict as RequestValidator.validate (the URL with or without the default port), but the two
+    URL forms are derived once from the fixed base, the configured form is tried first, and the digests
+    are compared with hmac.compare_digest: per post that is one HMAC instead of two, in C (profiled).
+    """
 
     def __init__(self, auth_token: str, public_base_url: str) -> None:
         if not auth_token:
@@ -38,6 +45,9 @@ class SignatureVerifier:
             raise ValueError("an auth token is required to verify Twilio signatures")
         self._validator = RequestValidator(auth_token)
         self._base = public_base_url.rstrip("/")
+        parsed = urlparse(self._base)
+        forms = [self._base, remove_port(parsed), add_port(parsed)]
+        self._bases = list(dict.fromkeys(forms))  # the configured form first, no repeats
 
     def verify(
         self,
@@ -48,9 +58,12 @@ class SignatureVerifier:
         """Whether `signature` is Twilio's for this path (under the public base URL) and these params."""
         if not signature:
             return Verdict.MISSING
-        url = public_url(self._base, raw_path_qs)
-        ok = self._validator.validate(url, params, signature)
-        return Verdict.VALID if ok else Verdict.INVALID
+        given = signature.encode()
+        for base in self._bases:
+            expected = self._validator.compute_signature(public_url(base, raw_path_qs), params)
+            if hmac.compare_digest(expected.encode(), given):
+                return Verdict.VALID
+        return Verdict.INVALID
 
 
 def compute_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:

@@ -1,0 +1,442 @@
+"""Benchmark of the webhook bridge: signed Twilio posts at a fixed concurrency, against a signature-only baseline.
+
+Starts everything itself on free loopback ports: embedded SecantusDB and Valkey, `sms-gateway server`,
+`sms-gateway bridge`, and a baseline aiohttp process that only verifies the signature and answers 200.
+Then, for each target in turn, keeps `--concurrency` posts in flight for `--duration` seconds (after a
+warm-up) and prints posts/s and ack latency p50/p99, and the bridge/baseline rate ratio.
+
+    .venv/bin/python bench/webhook_ingest.py [--concurrency 50] [--duration 10] [--route inbound|status]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import grpc
+from aiohttp import web
+from bson import ObjectId
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from pymongo import MongoClient
+from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc
+from twilio.request_validator import RequestValidator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the project's packages
+
+from server.auth import mint_token  # noqa: E402
+from server.embedded import free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
+from webhook_bridge.forms import inbound_request, parse_form, status_request  # noqa: E402
+from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdict  # noqa: E402
+
+AUTH_TOKEN = "bench-auth-token"
+JWT_SECRET = "bench-jwt-secret-of-at-least-32-bytes"
+PUBLIC_BASE = "https://sms.bench.test"
+OUR_NUMBER = "+15005550006"
+SMS_GATEWAY = [sys.executable, "-m", "server.cli"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The baseline: what an aiohttp handler costs when it does nothing but parse and verify
+
+
+def run_baseline(port: int) -> None:
+    """Serves POST on any path: parse the form, verify the signature, answer 200 (or 403)."""
+    verifier = SignatureVerifier(AUTH_TOKEN, PUBLIC_BASE)
+
+    async def handle(request: web.Request) -> web.Response:
+        form = parse_form(await request.read())
+        verdict = verifier.verify(request.raw_path, form, request.headers.get(SIGNATURE_HEADER))
+        return web.Response(status=200 if verdict is Verdict.VALID else 403)
+
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_post("/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def run_noop_ingest(port: int) -> None:
+    """A gRPC server whose SmsIngestService stores nothing and answers at once: the bridge's own ceiling."""
+
+    class Noop(ingest_pb2_grpc.SmsIngestServiceServicer):
+        async def RecordInbound(
+            self, request: ingest_pb2.RecordInboundRequest, context: Any
+        ) -> ingest_pb2.RecordInboundResponse:
+            return ingest_pb2.RecordInboundResponse()
+
+        async def RecordStatus(
+            self, request: ingest_pb2.RecordStatusRequest, context: Any
+        ) -> ingest_pb2.RecordStatusResponse:
+            return ingest_pb2.RecordStatusResponse(applied=True)
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(Noop(), server)
+        health = HealthServicer()
+        await health.set("sms.v1.SmsIngestService", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextmanager
+def child(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Iterator[Child]:
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        c = Child(name, proc, log_path)
+        try:
+            yield c
+        finally:
+            code = c.stop()
+            if code not in (0, -15):
+                print(f"{name} exited with {code}; log: {log_path}", file=sys.stderr)
+
+
+def wait_serving(target: str, proc: Child, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.process.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_path.read_text()[-3000:]}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} not SERVING within {within} s")
+
+
+def listening(port: int, proc: Child) -> None:
+    wait_for_port("127.0.0.1", port, 30, proc.process)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Load
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    internal_ms: float | None = None
+    cpu_seconds: float = float("nan")
+    acked_sids: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))] * 1000
+
+    def line(self) -> str:
+        errors = sum(self.errors.values())
+        mean = statistics.fmean(self.latencies) * 1000 if self.latencies else float("nan")
+        internal = "" if self.internal_ms is None else f" (internal call {self.internal_ms:.1f})"
+        cpu = self.cpu_seconds / len(self.latencies) * 1e6 if self.latencies else float("nan")
+        return (f"{self.name:<9} {self.rate:8.0f} posts/s   ack p50 {self.pct(0.5):6.1f} ms   "
+                f"p99 {self.pct(0.99):6.1f} ms   mean {mean:6.1f} ms{internal}   "
+                f"cpu/post {cpu:5.0f} us   acks {len(self.latencies)}   errors {errors} {self.errors or ''}")
+
+
+class PostSource:
+    """Signed posts: inbound messages with fresh sids, or status callbacks for known sids."""
+
+    def __init__(self, route: str, contacts: list[str], sids: list[str]) -> None:
+        self.route = route
+        self.path = f"/twilio/{route}"
+        self.url = PUBLIC_BASE + self.path
+        self.contacts = contacts
+        self.sids = sids
+        self.validator = RequestValidator(AUTH_TOKEN)
+        self.n = 0
+
+    def next(self) -> tuple[dict[str, str], dict[str, str]]:
+        self.n += 1
+        if self.route == "inbound":
+            sid = "SM" + uuid.uuid4().hex
+            params = {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": "AC" + "0" * 32,
+                      "From": self.contacts[self.n % len(self.contacts)], "To": OUR_NUMBER,
+                      "Body": f"bench message {self.n}", "NumMedia": "0", "NumSegments": "1",
+                      "SmsStatus": "received", "ApiVersion": "2010-04-01"}
+        else:
+            sid = self.sids[self.n % len(self.sids)]
+            status = ("sending", "sent", "delivered")[(self.n // len(self.sids)) % 3]
+            params = {"MessageSid": sid, "SmsSid": sid, "AccountSid": "AC" + "0" * 32, "From": OUR_NUMBER,
+                      "To": self.contacts[0], "MessageStatus": status, "SmsStatus": status,
+                      "ApiVersion": "2010-04-01"}
+        return params, {SIGNATURE_HEADER: self.validator.compute_signature(self.url, params)}
+
+
+def cpu_per_post(r: Result) -> float:
+    return r.cpu_seconds / len(r.latencies) if r.latencies else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(name: str, base_url: str, source: PostSource, concurrency: int, duration: float,
+               warmup: float, pid: int, bridge: bool = True) -> Result:
+    """Keeps `concurrency` posts in flight; measures those that start after the warm-up."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        start = time.monotonic()
+        measure_from = start + warmup
+        stop_at = measure_from + duration
+        result = Result(name, duration)
+
+        async def worker() -> None:
+            while (t0 := time.monotonic()) < stop_at:
+                params, headers = source.next()
+                try:
+                    async with http.post(base_url + source.path, data=params, headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except aiohttp.ClientError as exc:
+                    status = -1
+                    result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
+                elapsed = time.monotonic() - t0
+                if status == 200:
+                    result.acked_sids.append(params["MessageSid"])
+                if t0 < measure_from:
+                    continue
+                if status == 200:
+                    result.latencies.append(elapsed)
+                elif status != -1:
+                    result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+
+        async def window() -> None:
+            # The server side's own view of the measured window: CPU it spent, and (bridge) how much of
+            # each ack was the internal call. CPU per post does not depend on what else loads the machine.
+            await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
+            cpu0 = cpu_seconds(pid)
+            s0, n0 = await internal_calls(base_url) if bridge else (0.0, 0.0)
+            await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+            cpu1 = cpu_seconds(pid)
+            s1, n1 = await internal_calls(base_url) if bridge else (0.0, 0.0)
+            if bridge:
+                result.internal_ms = (s1 - s0) / (n1 - n0) * 1000 if n1 > n0 else float("nan")
+            result.cpu_seconds = cpu1 - cpu0
+
+        watcher = asyncio.create_task(window())
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await watcher
+        return result
+
+
+async def load_direct(target: str, source: PostSource, concurrency: int, duration: float,
+                      warmup: float, server_pid: int) -> Result:
+    """The same posts as RecordInbound/RecordStatus calls straight to the server: what the store allows."""
+    md = (("authorization", f"Bearer {mint_token(JWT_SECRET, 'bench-bridge', 'service')}"),)
+    result = Result("direct", duration)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ingest_pb2_grpc.SmsIngestServiceStub(channel)
+        start = time.monotonic()
+        measure_from = start + warmup
+        stop_at = measure_from + duration
+
+        async def worker() -> None:
+            while (t0 := time.monotonic()) < stop_at:
+                params, _ = source.next()
+                form = parse_form(urlencode(params).encode())
+                try:
+                    if source.route == "inbound":
+                        await stub.RecordInbound(inbound_request(form), metadata=md, timeout=30)
+                    else:
+                        await stub.RecordStatus(status_request(form), metadata=md, timeout=30)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                elapsed = time.monotonic() - t0
+                if t0 < measure_from:
+                    continue
+                if code == "OK":
+                    result.latencies.append(elapsed)
+                else:
+                    result.errors[code] = result.errors.get(code, 0) + 1
+
+        async def window() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
+            cpu0 = cpu_seconds(server_pid)
+            await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+            result.cpu_seconds = cpu_seconds(server_pid) - cpu0
+
+        watcher = asyncio.create_task(window())
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await watcher
+    return result
+
+
+async def internal_calls(bridge_url: str) -> tuple[float, float]:
+    """Sum (s) and count of successful internal calls, from the bridge's own histogram."""
+    # Its own session: the load's connection pool is always full.
+    async with aiohttp.ClientSession() as http, http.get(bridge_url + "/metrics") as resp:
+        text = await resp.text()
+    total = count = 0.0
+    for line in text.splitlines():
+        if 'result="OK"' not in line:
+            continue
+        if line.startswith("sms_bridge_ingest_call_seconds_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("sms_bridge_ingest_call_seconds_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def make_outbound(target: str, n: int, contact: str, db: Any) -> list[str]:
+    """n outbound messages through Send, each given a Twilio sid as the worker would; their sids."""
+    sids: list[str] = []
+    with grpc.insecure_channel(target) as channel:
+        stub = sms_pb2_grpc.SmsServiceStub(channel)
+        md = (("authorization", f"Bearer {mint_token(JWT_SECRET, 'bench-agent', 'agent')}"),)
+        for i in range(n):
+            resp = stub.Send(sms_pb2.SendRequest(to=contact, body=f"bench {i}"), metadata=md, timeout=30)
+            sid = "SM" + uuid.uuid4().hex
+            db["messages"].update_one({"_id": ObjectId(resp.message.id)}, {"$set": {"twilio_sid": sid}})
+            sids.append(sid)
+    return sids
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark; prints one line per target and the ratio."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, default=50, help="posts in flight (default 50)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per target (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
+    p.add_argument("--route", choices=["inbound", "status"], default="inbound")
+    p.add_argument("--contacts", type=int, default=200, help="distinct contact numbers (inbound)")
+    p.add_argument("--no-direct", action="store_true", help="skip the direct gRPC run")
+    p.add_argument("--no-noop", action="store_true", help="skip the bridge run against a no-op ingest server")
+    p.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_baseline:
+        run_baseline(args.serve_baseline)
+        return 0
+    if args.serve_noop:
+        run_noop_ingest(args.serve_noop)
+        return 0
+
+    contacts = [f"+1415556{i:04d}" for i in range(args.contacts)]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sms-bench-")))
+        print(f"logs in {tmp}", file=sys.stderr)
+        store_log = stack.enter_context(open(tmp / "stores.log", "wb"))
+        mongo = start_mongo(":memory:", output=store_log)
+        stack.callback(mongo.stop)
+        redis = start_redis(tmp / "valkey", output=store_log)
+        stack.callback(redis.stop)
+        grpc_port, bridge_port, base_port = free_port(), free_port(), free_port()
+        target = f"127.0.0.1:{grpc_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
+        env.update(MONGODB_URI=mongo.uri, MONGODB_DB="sms_bench", REDIS_URL=redis.uri, SMS_JWT_SECRET=JWT_SECRET,
+                   TWILIO_FROM_NUMBER=OUR_NUMBER, SMS_GRPC_ADDR=target, SMS_GRPC_TARGET=target,
+                   SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}", TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+                   SMS_PUBLIC_BASE_URL=PUBLIC_BASE)
+        server = stack.enter_context(child("server", [*SMS_GATEWAY, "server"], env, tmp))
+        wait_serving(target, server)
+        bridge = stack.enter_context(child("bridge", [*SMS_GATEWAY, "bridge"], env, tmp))
+        listening(bridge_port, bridge)
+        me = [sys.executable, str(Path(__file__).resolve())]
+        baseline = stack.enter_context(child("baseline", [*me, "--serve-baseline", str(base_port)], env, tmp))
+        listening(base_port, baseline)
+
+        db_client: MongoClient[dict[str, object]] = MongoClient(mongo.uri)
+        stack.callback(db_client.close)
+        db = db_client["sms_bench"]
+        sids = make_outbound(target, 100, contacts[0], db) if args.route == "status" else []
+
+        print(f"{args.route} posts, {args.concurrency} in flight, {args.duration:.0f} s each "
+              f"(after {args.warmup:.0f} s warm-up)")
+        if not args.no_direct:
+            # First, while the database is as small as for the bridge run: what the store allows at all.
+            direct = asyncio.run(load_direct(target, PostSource(args.route, contacts, sids), args.concurrency,
+                                             args.duration, args.warmup, server.process.pid))
+            print(direct.line() + "  <- the same calls straight to the gRPC server (cpu: the server's)")
+        bridge_result = asyncio.run(load("bridge", f"http://127.0.0.1:{bridge_port}",
+                                         PostSource(args.route, contacts, sids), args.concurrency,
+                                         args.duration, args.warmup, bridge.process.pid))
+        print(bridge_result.line())
+        base_result = asyncio.run(load("baseline", f"http://127.0.0.1:{base_port}",
+                                       PostSource(args.route, contacts, sids), args.concurrency,
+                                       args.duration, args.warmup, baseline.process.pid, bridge=False))
+        print(base_result.line())
+        print(f"ratio     {bridge_result.rate / base_result.rate:.2f}x baseline rate")
+        if not args.no_noop:
+            noop_port, noop_bridge_port = free_port(), free_port()
+            me = [sys.executable, str(Path(__file__).resolve())]
+            noop = stack.enter_context(child("noop-ingest", [*me, "--serve-noop", str(noop_port)], env, tmp))
+            wait_serving(f"127.0.0.1:{noop_port}", noop)
+            noop_env = {**env, "SMS_GRPC_TARGET": f"127.0.0.1:{noop_port}",
+                        "SMS_BRIDGE_ADDR": f"127.0.0.1:{noop_bridge_port}"}
+            noop_bridge = stack.enter_context(child("bridge-noop", [*SMS_GATEWAY, "bridge"], noop_env, tmp))
+            listening(noop_bridge_port, noop_bridge)
+            noop_result = asyncio.run(load("bridge*", f"http://127.0.0.1:{noop_bridge_port}",
+                                           PostSource(args.route, contacts, sids), args.concurrency,
+                                           args.duration, args.warmup, noop_bridge.process.pid))
+            print(noop_result.line() + "  <- bridge against a no-op ingest server")
+            print(f"ratio*    {noop_result.rate / base_result.rate:.2f}x baseline rate (bridge's own cost); "
+                  f"by CPU per post {cpu_per_post(base_result) / cpu_per_post(noop_result):.2f}x")
+        if args.route == "inbound":
+            acked = bridge_result.acked_sids
+            stored = db["messages"].count_documents({"twilio_sid": {"$in": acked}})
+            print(f"stored    {stored} of the {len(acked)} inbound posts the bridge acknowledged")
+            if stored != len(acked):
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,548 @@
+"""The webhook bridge: signatures, form conversion, and end to end against real server and bridge processes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from bson import ObjectId
+from sms.v1 import sms_pb2, sms_pb2_grpc
+from twilio.request_validator import RequestValidator
+
+from server.embedded import free_port
+from tests.conftest import auth, unique_number
+from tests.procs import SMS_GATEWAY, Proc, start_http_process, start_server
+from webhook_bridge.app import EMPTY_TWIML
+from webhook_bridge.forms import FormError, inbound_request, parse_dlr_date, parse_form, status_request
+from webhook_bridge.metrics import BridgeMetrics
+from webhook_bridge.signature import SignatureVerifier, Verdict, compute_signature
+
+AUTH_TOKEN = "bridge-test-auth-token"
+# The bridge sits behind a proxy that strips /hooks: Twilio signs the public URL, the bridge sees the path.
+PUBLIC_BASE = "https://sms.example.test/hooks"
+ACCOUNT_SID = "AC" + "0" * 32
+OUR_NUMBER = "+15005550006"
+
+
+def new_sid(prefix: str = "SM") -> str:
+    return prefix + uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unit level: signature, forms, metrics
+
+
+def test_twilio_signature_test_vector() -> None:
+    params = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "From": "+14158675309", "To": "+18005551212",
+              "Caller": "+14158675309"}
+    expected = "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    assert compute_signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", params) == expected
+    verifier = SignatureVerifier("12345", "https://mycompany.com")
+    assert verifier.verify("/myapp.php?foo=1&bar=2", params, expected) is Verdict.VALID
+    # Twilio may or may not have included the default port; both forms verify.
+    assert SignatureVerifier("12345", "https://mycompany.com:443").verify(
+        "/myapp.php?foo=1&bar=2", params, expected) is Verdict.VALID
+    assert verifier.verify("/myapp.php?foo=1&bar=3", params, expected) is Verdict.INVALID
+    assert verifier.verify("/myapp.php?foo=1&bar=2", {**params, "Digits": "1235"}, expected) is Verdict.INVALID
+    assert SignatureVerifier("54321", "https://mycompany.com").verify(
+        "/myapp.php?foo=1&bar=2", params, expected) is Verdict.INVALID
+    assert verifier.verify("/myapp.php?foo=1&bar=2", params, None) is Verdict.MISSING
+    assert verifier.verify("/myapp.php?foo=1&bar=2", params, "") is Verdict.MISSING
+
+
+@pytest.mark.parametrize("base", ["https://a.example", "https://a.example:443", "http://a.example:8080/x",
+                                  "https://a.example:8443/p/"])
+def test_verifier_agrees_with_request_validator(base: str) -> None:
+    rng = random.Random(base)
+    signers = [base, base.replace(":443", ""), base.replace("https://a.example", "https://a.example:443"),
+               "https://b.example"]
+    for _ in range(200):
+        params = {f"{rng.choice('ABC')}{i}": "".join(rng.choices("ab +%&=é", k=4)) for i in range(rng.randint(0, 4))}
+        path = "/twilio/inbound" + rng.choice(["", "?a=1&b=2", "?x=%20y"])
+        sig = RequestValidator("tok").compute_signature(rng.choice(signers).rstrip("/") + path, params)
+        if rng.random() < 0.2:
+            sig = sig[:-3] + "AA="
+        expected = RequestValidator("tok").validate(base.rstrip("/") + path, params, sig)
+        assert (SignatureVerifier("tok", base).verify(path, params, sig) is Verdict.VALID) == expected
+
+
+def test_verifier_refuses_an_empty_token() -> None:
+    with pytest.raises(ValueError):
+        SignatureVerifier("", PUBLIC_BASE)
+
+
+def test_inbound_form_keeps_media_and_unknown_parameters() -> None:
+    form = parse_form(
+        b"MessageSid=MM1&AccountSid=AC1&From=%2B14155550100&To=%2B15005550006&Body=hi+there%21&NumMedia=2"
+        b"&MediaUrl1=https%3A%2F%2Fm.example%2F1&MediaContentType1=image%2Fpng"
+        b"&MediaUrl0=https%3A%2F%2Fm.example%2F0&MediaContentType0=image%2Fjpeg"
+        b"&NumSegments=1&FromCity=SAN+FRANCISCO&ApiVersion=2010-04-01&SomethingNew=42&Empty="
+    )
+    req = inbound_request(form)
+    assert (req.message_sid, req.account_sid, req.from_number, req.to_number) == (
+        "MM1", "AC1", "+14155550100", "+15005550006")
+    assert req.body == "hi there!"
+    assert [(m.url, m.content_type) for m in req.media] == [
+        ("https://m.example/0", "image/jpeg"), ("https://m.example/1", "image/png")]
+    assert req.num_segments == 1
+    assert dict(req.params) == {"FromCity": "SAN FRANCISCO", "ApiVersion": "2010-04-01", "SomethingNew": "42",
+                                "Empty": ""}
+
+
+def test_inbound_form_keeps_malformed_numbers_instead_of_failing() -> None:
+    req = inbound_request(parse_form(b"MessageSid=SM1&From=a&To=b&NumSegments=x&NumMedia=3"))
+    assert req.num_segments == 0
+    assert req.params["NumSegments"] == "x"
+    assert req.params["NumMedia"] == "3"  # three announced, none found: Twilio's count is kept
+
+
+def test_status_form_parses_dlr_date_else_now() -> None:
+    form = parse_form(b"MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30003&RawDlrDoneDate=2408240501"
+                      b"&SmsStatus=undelivered")
+    req = status_request(form)
+    assert (req.message_sid, req.message_status, req.error_code) == ("SM1", "undelivered", 30003)
+    assert req.status_time.ToDatetime(tzinfo=UTC) == datetime(2024, 8, 24, 5, 1, tzinfo=UTC)
+    assert req.params["SmsStatus"] == "undelivered"
+    assert req.params["RawDlrDoneDate"] == "2408240501"
+    before = datetime.now(UTC)
+    late = status_request(parse_form(b"MessageSid=SM1&MessageStatus=sent&RawDlrDoneDate=2413999999"))
+    assert before <= late.status_time.ToDatetime(tzinfo=UTC) <= datetime.now(UTC)
+    assert parse_dlr_date("24082405") is None
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe", b"not a form", b"a=1&&b"])
+def test_unparsable_bodies_are_refused(body: bytes) -> None:
+    with pytest.raises(FormError):
+        parse_form(body)
+
+
+@pytest.mark.parametrize(("body", "convert"), [
+    (b"From=%2B1&To=%2B2", inbound_request),
+    (b"MessageSid=SM1&From=%2B1", inbound_request),
+    (b"MessageSid=SM1", status_request),
+    (b"MessageStatus=sent", status_request),
+])
+def test_required_parameters(body: bytes, convert: Callable[[Any], object]) -> None:
+    with pytest.raises(FormError):
+        convert(parse_form(body))
+
+
+def test_metrics_exposition() -> None:
+    m = BridgeMetrics()
+    m.posts.inc("inbound", "stored")
+    m.posts.inc("inbound", "stored")
+    m.ingest_latency.observe(0.003, "RecordInbound", "OK")
+    m.ingest_latency.observe(20.0, "RecordInbound", "OK")
+    text = m.render()
+    assert 'sms_bridge_posts_total{route="inbound",outcome="stored"} 2' in text
+    assert 'sms_bridge_ingest_call_seconds_bucket{method="RecordInbound",result="OK",le="0.0025"} 0' in text
+    assert 'sms_bridge_ingest_call_seconds_bucket{method="RecordInbound",result="OK",le="0.005"} 1' in text
+    assert 'sms_bridge_ingest_call_seconds_bucket{method="RecordInbound",result="OK",le="+Inf"} 2' in text
+    assert 'sms_bridge_ingest_call_seconds_count{method="RecordInbound",result="OK"} 2' in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: a real bridge process in front of a real server process
+
+
+@dataclass
+class Bridge:
+    """A running bridge process and how to reach it."""
+
+    proc: Proc
+    url: str  # where the test connects
+    public_base: str  # what Twilio would have called
+    token: str
+
+    def signed(self, path: str, params: Mapping[str, str], *, token: str | None = None,
+               public_base: str | None = None) -> dict[str, str]:
+        """Headers Twilio would send for `params` posted to `path`."""
+        url = (public_base or self.public_base) + path
+        return {"X-Twilio-Signature": RequestValidator(token or self.token).compute_signature(url, params)}
+
+
+def start_bridge(base_env: Mapping[str, str], grpc_target: str, **extra: str) -> Bridge:
+    port = free_port()
+    env = {**base_env, "SMS_BRIDGE_ADDR": f"127.0.0.1:{port}", "SMS_GRPC_TARGET": grpc_target,
+           "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "SMS_PUBLIC_BASE_URL": PUBLIC_BASE, **extra}
+    proc = start_http_process("bridge", "bridge", env, "127.0.0.1", port)
+    return Bridge(proc, f"http://127.0.0.1:{port}", PUBLIC_BASE, AUTH_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def bridge(base_env: dict[str, str], grpc_server: str) -> Iterator[Bridge]:
+    b = start_bridge(base_env, grpc_server)
+    yield b
+    assert b.proc.stop() == 0, b.proc.log()[-3000:]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@dataclass
+class Answer:
+    status: int
+    text: str
+    headers: Mapping[str, str]
+
+
+async def post(http: aiohttp.ClientSession, bridge: Bridge, path: str, params: Mapping[str, str],
+               headers: Mapping[str, str] | None = None) -> Answer:
+    """Posts `params` as Twilio would, signed unless `headers` is given."""
+    hdrs = dict(bridge.signed(path, params) if headers is None else headers)
+    async with http.post(bridge.url + path, data=dict(params), headers=hdrs) as resp:
+        return Answer(resp.status, await resp.text(), dict(resp.headers))
+
+
+def inbound_params(sid: str, from_number: str, body: str = "hello", **extra: str) -> dict[str, str]:
+    return {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": ACCOUNT_SID,
+            "From": from_number, "To": OUR_NUMBER, "Body": body, "NumMedia": "0", "NumSegments": "1",
+            "SmsStatus": "received", "ApiVersion": "2010-04-01", "FromCity": "SAN FRANCISCO", **extra}
+
+
+def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
+    return {"MessageSid": sid, "SmsSid": sid, "AccountSid": ACCOUNT_SID, "From": OUR_NUMBER,
+            "To": "+14155550100", "MessageStatus": status, "SmsStatus": status, "ApiVersion": "2010-04-01",
+            **extra}
+
+
+async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = 15.0) -> None:
+    """Polls `check` (sync or async) until it holds; fails after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {within} s")
+
+
+async def metric(http: aiohttp.ClientSession, bridge: Bridge, series: str) -> float:
+    """The value of one exposition line (0 when absent)."""
+    async with http.get(bridge.url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+async def healthz(http: aiohttp.ClientSession, bridge: Bridge) -> int:
+    async with http.get(bridge.url + "/healthz") as resp:
+        return resp.status
+
+
+async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSession, bridge: Bridge,
+                                                        db: Any) -> None:
+    sid, contact = new_sid(), unique_number()
+    answer = await post(http, bridge, "/twilio/inbound", inbound_params(sid, contact, "Hi from the test"))
+    assert answer.status == 200, answer.text
+    assert answer.text == EMPTY_TWIML
+    assert answer.headers["Content-Type"].startswith("text/xml")
+    msg = await db.messages.find_one({"twilio_sid": sid})
+    assert msg is not None
+    assert (msg["direction"], msg["from"], msg["to"], msg["body"]) == ("inbound", contact, OUR_NUMBER,
+                                                                       "Hi from the test")
+    assert msg["params"]["FromCity"] == "SAN FRANCISCO"
+    assert msg["params"]["ApiVersion"] == "2010-04-01"
+    conv = await db.conversations.find_one({"_id": msg["conversation_id"]})
+    assert conv is not None
+    assert (conv["contact_number"], conv["unread_count"], conv["opted_out"]) == (contact, 1, False)
+
+
+@pytest.mark.parametrize("tamper", ["changed_param", "wrong_token", "other_url", "no_header", "added_param"])
+async def test_bad_signature_is_refused_and_nothing_stored(http: aiohttp.ClientSession, bridge: Bridge, db: Any,
+                                                           tamper: str) -> None:
+    sid = new_sid()
+    params = inbound_params(sid, unique_number())
+    path = "/twilio/inbound"
+    headers = {
+        "changed_param": bridge.signed(path, {**params, "Body": "something else"}),
+        "wrong_token": bridge.signed(path, params, token="not-the-token"),
+        "other_url": bridge.signed(path, params, public_base="https://evil.example.test/hooks"),
+        "no_header": {},
+        "added_param": bridge.signed(path, params),
+    }[tamper]
+    if tamper == "added_param":
+        params["Extra"] = "1"
+    reason = "missing" if tamper == "no_header" else "invalid"
+    series = f'sms_bridge_signature_failures_total{{route="inbound",reason="{reason}"}}'
+    before = await metric(http, bridge, series)
+    answer = await post(http, bridge, path, params, headers=headers)
+    assert answer.status == 403
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 0
+    assert await metric(http, bridge, series) == before + 1
+    # The refusal is logged, without the body.
+    await wait_for(lambda: f"{reason} X-Twilio-Signature" in bridge.proc.log(), "the refusal logged")
+    assert "hello" not in bridge.proc.log()
+
+
+async def test_status_signature_is_checked_too(http: aiohttp.ClientSession, bridge: Bridge) -> None:
+    params = status_params(new_sid(), "sent")
+    answer = await post(http, bridge, "/twilio/status", params,
+                        headers=bridge.signed("/twilio/inbound", params))
+    assert answer.status == 403
+
+
+async def test_same_inbound_ten_times_is_stored_once(http: aiohttp.ClientSession, bridge: Bridge,
+                                                     db: Any) -> None:
+    sid = new_sid()
+    params = inbound_params(sid, unique_number(), "only once")
+    headers = {**bridge.signed("/twilio/inbound", params), "I-Twilio-Idempotency-Token": uuid.uuid4().hex}
+    answers = await asyncio.gather(*(post(http, bridge, "/twilio/inbound", params, headers) for _ in range(10)))
+    assert [a.status for a in answers] == [200] * 10
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 1
+    msg = await db.messages.find_one({"twilio_sid": sid})
+    conv = await db.conversations.find_one({"_id": msg["conversation_id"]})
+    assert (conv["message_count"], conv["unread_count"]) == (1, 1)
+
+
+async def test_mms_media_is_kept(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
+    sid = new_sid("MM")
+    params = inbound_params(sid, unique_number(), "", NumMedia="2",
+                            MediaUrl0="https://api.twilio.com/media/ME0", MediaContentType0="image/jpeg",
+                            MediaUrl1="https://api.twilio.com/media/ME1", MediaContentType1="video/mp4")
+    answer = await post(http, bridge, "/twilio/inbound", params)
+    assert answer.status == 200, answer.text
+    msg = await db.messages.find_one({"twilio_sid": sid})
+    assert msg["media"] == [{"url": "https://api.twilio.com/media/ME0", "content_type": "image/jpeg"},
+                            {"url": "https://api.twilio.com/media/ME1", "content_type": "video/mp4"}]
+
+
+async def test_stop_and_start_change_opt_out(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
+    contact = unique_number()
+    first = new_sid()
+    assert (await post(http, bridge, "/twilio/inbound", inbound_params(first, contact, "hi"))).status == 200
+    cid = (await db.messages.find_one({"twilio_sid": first}))["conversation_id"]
+    assert (await db.conversations.find_one({"_id": cid}))["opted_out"] is False
+    assert (await post(http, bridge, "/twilio/inbound", inbound_params(new_sid(), contact, "STOP"))).status == 200
+    assert (await db.conversations.find_one({"_id": cid}))["opted_out"] is True
+    assert (await post(http, bridge, "/twilio/inbound", inbound_params(new_sid(), contact, "START"))).status == 200
+    assert (await db.conversations.find_one({"_id": cid}))["opted_out"] is False
+
+
+# Each message's callbacks: one terminal outcome per message, so the final status is well defined.
+_PATHS = [
+    (["sending", "sent", "delivered"], "delivered"),
+    (["sending", "sent", "undelivered"], "undelivered"),
+    (["sent", "failed"], "failed"),
+    (["sending", "sent", "delivered", "read"], "read"),
+]
+
+
+async def test_status_callbacks_shuffled_with_duplicates(http: aiohttp.ClientSession, bridge: Bridge,
+                                                         grpc_server: str, db: Any) -> None:
+    contact = unique_number()
+    agent = f"agent-{uuid.uuid4().hex[:8]}"
+    async with grpc.aio.insecure_channel(grpc_server) as channel:
+        sms = sms_pb2_grpc.SmsServiceStub(channel)
+        sent = await asyncio.gather(*(
+            sms.Send(sms_pb2.SendRequest(to=contact, body=f"outbound {i}", request_id=f"bridge-status-{i}"),
+                     metadata=auth(agent), timeout=30)
+            for i in range(100)
+        ))
+    messages = [r.message for r in sent]
+    # The worker writes Twilio's sid on the message once the create call answered; do the same here.
+    expected: dict[str, tuple[set[str], str]] = {}
+    for i, m in enumerate(messages):
+        sid = new_sid()
+        await db.messages.update_one({"_id": ObjectId(m.id)}, {"$set": {"twilio_sid": sid}})
+        statuses, final = _PATHS[i % len(_PATHS)]
+        expected[sid] = (set(statuses), final)
+    # 10 callbacks per message: every distinct status at least once, the rest repeats.
+    rng = random.Random(1234)
+    callbacks: list[dict[str, str]] = []
+    for sid, (statuses, _) in expected.items():
+        chosen = sorted(statuses) + [rng.choice(sorted(statuses)) for _ in range(10 - len(statuses))]
+        for status in chosen:
+            extra = {"ErrorCode": "30003"} if status == "undelivered" else {}
+            callbacks.append(status_params(sid, status, **extra))
+    rng.shuffle(callbacks)
+    assert len(callbacks) == 1000
+
+    gate = asyncio.Semaphore(50)
+
+    async def send(params: dict[str, str]) -> int:
+        async with gate:
+            return (await post(http, bridge, "/twilio/status", params)).status
+
+    statuses = await asyncio.gather(*(send(c) for c in callbacks))
+    assert statuses == [200] * 1000
+
+    for sid, (distinct, final) in expected.items():
+        msg = await db.messages.find_one({"twilio_sid": sid})
+        assert msg["status"] == final, (sid, msg["status"], final)
+        history = [h["status"] for h in msg["status_history"]]
+        assert sorted(history) == sorted({"queued", *distinct}), (sid, history)
+        if final == "undelivered":
+            assert msg["error_code"] == 30003
+
+
+async def test_status_for_unknown_sid_is_503_until_stored(http: aiohttp.ClientSession, bridge: Bridge,
+                                                          grpc_server: str, db: Any) -> None:
+    sid = new_sid()
+    params = status_params(sid, "delivered", RawDlrDoneDate="2408240501")
+    started = time.monotonic()
+    answer = await post(http, bridge, "/twilio/status", params)
+    assert answer.status == 503
+    assert answer.headers["Retry-After"].isdigit()
+    assert time.monotonic() - started >= 0.7  # it asked again before giving up
+    # The worker stores the sid; Twilio's retry of the same callback is then recorded.
+    async with grpc.aio.insecure_channel(grpc_server) as channel:
+        sent = await sms_pb2_grpc.SmsServiceStub(channel).Send(
+            sms_pb2.SendRequest(to=unique_number(), body="late sid"), metadata=auth("agent-late"), timeout=30)
+    await db.messages.update_one({"_id": ObjectId(sent.message.id)}, {"$set": {"twilio_sid": sid}})
+    answer = await post(http, bridge, "/twilio/status", params)
+    assert answer.status == 200
+    msg = await db.messages.find_one({"twilio_sid": sid})
+    assert msg["status"] == "delivered"
+    delivered = [h for h in msg["status_history"] if h["status"] == "delivered"]
+    assert len(delivered) == 1
+    assert delivered[0]["time"].replace(tzinfo=UTC) == datetime(2024, 8, 24, 5, 1, tzinfo=UTC)
+
+
+async def test_bad_requests(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
+    no_sid = inbound_params("", unique_number())
+    del no_sid["MessageSid"]
+    assert (await post(http, bridge, "/twilio/inbound", no_sid)).status == 400
+    no_status = status_params(new_sid(), "sent")
+    del no_status["MessageStatus"]
+    assert (await post(http, bridge, "/twilio/status", no_status)).status == 400
+    # A status Twilio does not define: the server says INVALID_ARGUMENT, the bridge 400.
+    assert (await post(http, bridge, "/twilio/status", status_params(new_sid(), "exploded"))).status == 400
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body in (b"\xff\xfe\xfd", b"MessageSid&&"):
+        async with http.post(bridge.url + "/twilio/inbound", data=body, headers=form) as resp:
+            assert resp.status == 400
+    sid = new_sid()
+    async with http.post(bridge.url + "/twilio/inbound", json=inbound_params(sid, unique_number())) as resp:
+        assert resp.status == 400
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 0
+
+
+async def test_oversized_bodies_get_413(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
+    sid = new_sid()
+    params = inbound_params(sid, unique_number(), "x" * (64 * 1024))
+    before = await metric(http, bridge, 'sms_bridge_posts_total{route="inbound",outcome="too_large"}')
+    assert (await post(http, bridge, "/twilio/inbound", params)).status == 413
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield f"MessageSid={sid}&From=%2B14155550100&To=%2B15005550006&Body=".encode()
+        for _ in range(20):
+            yield b"y" * 4096
+
+    async with http.post(bridge.url + "/twilio/inbound", data=chunks(),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"}) as resp:
+        assert resp.status == 413
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 0
+    assert await metric(http, bridge, 'sms_bridge_posts_total{route="inbound",outcome="too_large"}') == before + 2
+    # Just under the limit is fine.
+    ok = inbound_params(new_sid(), unique_number(), "")
+    ok["Padding"] = "z" * (60 * 1024)
+    assert (await post(http, bridge, "/twilio/inbound", ok)).status == 200
+
+
+async def test_metrics_move(http: aiohttp.ClientSession, bridge: Bridge) -> None:
+    stored = 'sms_bridge_posts_total{route="inbound",outcome="stored"}'
+    dup = 'sms_bridge_posts_total{route="inbound",outcome="duplicate"}'
+    calls = 'sms_bridge_ingest_call_seconds_count{method="RecordInbound",result="OK"}'
+    before = [await metric(http, bridge, s) for s in (stored, dup, calls)]
+    params = inbound_params(new_sid(), unique_number())
+    assert (await post(http, bridge, "/twilio/inbound", params)).status == 200
+    assert (await post(http, bridge, "/twilio/inbound", params)).status == 200
+    after = [await metric(http, bridge, s) for s in (stored, dup, calls)]
+    assert after == [before[0] + 1, before[1] + 1, before[2] + 2]
+
+
+async def test_server_outage(base_env: dict[str, str], server_proc_factory: list[Proc],
+                             http: aiohttp.ClientSession, db: Any) -> None:
+    port = free_port()
+    server, target = start_server(base_env, port)
+    server_proc_factory.append(server)
+    b = start_bridge(base_env, target, SMS_BRIDGE_DEADLINE_SECONDS="1.5")
+    server_proc_factory.append(b.proc)
+    assert await healthz(http, b) == 200
+
+    assert server.stop() == 0
+
+    async def health_down() -> bool:
+        return await healthz(http, b) == 503
+
+    await wait_for(health_down, "/healthz 503 while the server is down")
+    sid = new_sid()
+    params = inbound_params(sid, unique_number(), "during the outage")
+    started = time.monotonic()
+    answer = await post(http, b, "/twilio/inbound", params)
+    assert answer.status == 503
+    assert "Retry-After" in answer.headers
+    assert time.monotonic() - started < 3.0  # bounded by the deadline, well within Twilio's 15 s
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 0
+
+    # Back on the same address; the replay right after start-up must not meet a stale channel.
+    server2, _ = start_server(base_env, port)
+    server_proc_factory.append(server2)
+    answer = await post(http, b, "/twilio/inbound", params)
+    assert answer.status == 200, answer.text
+    assert await healthz(http, b) == 200
+    assert (await post(http, b, "/twilio/inbound", params)).status == 200
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 1
+    assert await metric(http, b, 'sms_bridge_posts_total{route="inbound",outcome="unavailable"}') == 1
+    assert b.proc.stop() == 0
+
+
+async def test_sigterm_finishes_in_flight_posts(base_env: dict[str, str], grpc_server: str,
+                                                server_proc_factory: list[Proc],
+                                                http: aiohttp.ClientSession) -> None:
+    b = start_bridge(base_env, grpc_server)
+    server_proc_factory.append(b.proc)
+    # A callback for a sid nobody stored is re-asked for ~0.75 s: long enough to be in flight at SIGTERM.
+    in_flight = asyncio.create_task(post(http, b, "/twilio/status", status_params(new_sid(), "sent")))
+    retries = 'sms_bridge_ingest_retries_total{method="RecordStatus",cause="not_found"}'
+
+    async def retried() -> bool:
+        return await metric(http, b, retries) > 0
+
+    await wait_for(retried, "the post in flight")
+    b.proc.process.send_signal(signal.SIGTERM)
+    answer = await in_flight
+    assert answer.status == 503  # answered, not cut off
+    code = await asyncio.to_thread(b.proc.process.wait, 15)
+    assert code == 0
+    assert "webhook bridge stopped" in b.proc.log()
+
+
+async def test_verify_off_warns_and_accepts_unsigned(base_env: dict[str, str], grpc_server: str,
+                                                     server_proc_factory: list[Proc],
+                                                     http: aiohttp.ClientSession, db: Any) -> None:
+    b = start_bridge(base_env, grpc_server, SMS_WEBHOOK_VERIFY="false")
+    server_proc_factory.append(b.proc)
+    assert "SMS_WEBHOOK_VERIFY=false" in b.proc.log()
+    sid = new_sid()
+    assert (await post(http, b, "/twilio/inbound", inbound_params(sid, unique_number()), headers={})).status == 200
+    assert await db.messages.count_documents({"twilio_sid": sid}) == 1
+    assert b.proc.stop() == 0
+
+
+def test_refuses_to_start_without_auth_token(base_env: dict[str, str]) -> None:
+    env = {**base_env, "SMS_BRIDGE_ADDR": f"127.0.0.1:{free_port()}"}
+    done = subprocess.run([*SMS_GATEWAY, "bridge"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2
+    assert "TWILIO_AUTH_TOKEN" in done.stderr
+
