@@ -69,13 +69,10 @@ class Store:
         """Indexes for every query below; each list query is served by a keyset index."""
         await self.messages.create_index([("conversation_id", ASCENDING), ("created", DESCENDING),
                                           ("_id", DESCENDING)])
-        await self.messages.create_index(
-            "twilio_sid", unique=True, partialFilterExpression={"twilio_sid": {"$type": "string"}}
-        )
-        await self.messages.create_index(
-            [("owner", ASCENDING), ("request_id", ASCENDING)], unique=True,
-            partialFilterExpression={"request_id": {"$type": "string"}},
-        )
+        # Sparse, not partial: SecantusDB does not use partial indexes for lookups, and a full scan per
+        # webhook grows with the collection. Both fields are absent (never null) until they have a value.
+        await self.messages.create_index("twilio_sid", name="twilio_sid_sparse", unique=True, sparse=True)
+        await self.messages.create_index("request_key", name="request_key_sparse", unique=True, sparse=True)
         await self.messages.create_index([("status", ASCENDING), ("created", ASCENDING)])
         await self.conversations.create_index([("owner", ASCENDING), ("last_message_at", DESCENDING),
                                                ("_id", DESCENDING)])
@@ -162,8 +159,8 @@ class Store:
     async def find_by_sid(self, sid: str) -> Doc | None:
         return await self.messages.find_one({"twilio_sid": sid})
 
-    async def find_by_request(self, owner: str, request_id: str) -> Doc | None:
-        return await self.messages.find_one({"owner": owner, "request_id": request_id})
+    async def find_by_request(self, request_key: str) -> Doc | None:
+        return await self.messages.find_one({"request_key": request_key})
 
     async def list_messages(self, cid: str, after: tuple[datetime, ObjectId] | None, limit: int) -> list[Doc]:
         """A conversation's messages, newest first, after the keyset cursor `after`."""
@@ -186,3 +183,54 @@ class Store:
         if result.matched_count == 0:
             return None
         return await self.messages.find_one({"_id": oid})
+
+    # Sending (the worker's send state, the reconciler and the queue statistics)
+
+    async def ensure_sending_indexes(self) -> None:
+        """Indexes for the reconciler and GetQueueStats; each query below uses one of them."""
+        await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
+        await self.messages.create_index(
+            "sent_at", partialFilterExpression={"sent_at": {"$type": "date"}}
+        )
+
+    async def set_send_state(self, oid: ObjectId, fields: Doc) -> Doc | None:
+        """Writes worker bookkeeping (in-flight marker, retry time, last error) that is not a status change."""
+        return await self.update_message(oid, {}, {"$set": fields})
+
+    async def stale_outbound(self, cutoff: datetime, limit: int) -> list[str]:
+        """Ids of outbound messages not yet handed to Twilio and untouched since `cutoff`, oldest first."""
+        cursor = self.messages.find(
+            {"status": {"$in": ["queued", "sending"]}, "updated": {"$lt": cutoff},
+             "direction": "outbound", "twilio_sid": {"$exists": False}},
+            {"_id": 1},
+        ).sort([("updated", ASCENDING)]).limit(limit)
+        return [str(d["_id"]) async for d in cursor]
+
+    async def count_status_since(self, status: str, since: datetime) -> int:
+        return await self.messages.count_documents({"status": status, "updated": {"$gte": since}})
+
+    async def count_sent_since(self, since: datetime) -> int:
+        """Messages handed to Twilio (a sid stored by the worker) since `since`."""
+        return await self.messages.count_documents({"sent_at": {"$gte": since}})
+
+    async def count_waiting(self) -> tuple[int, int, int]:
+        """(queued, in progress, retrying) among outbound messages that have no Twilio sid yet."""
+        base: Doc = {"direction": "outbound", "twilio_sid": {"$exists": False}}
+        queued = await self.messages.count_documents({**base, "status": "queued"})
+        retrying = await self.messages.count_documents({**base, "status": "sending", "retry_at": {"$type": "date"}})
+        in_progress = await self.messages.count_documents(
+            {**base, "status": "sending", "retry_at": {"$not": {"$type": "date"}}}
+        )
+        return queued, in_progress, retrying
+
+    async def oldest_waiting(self) -> datetime | None:
+        """Creation time of the oldest outbound message not yet handed to Twilio."""
+        oldest: datetime | None = None
+        for status in ("queued", "sending"):
+            doc = await self.messages.find_one(
+                {"status": status, "direction": "outbound", "twilio_sid": {"$exists": False}},
+                {"created": 1}, sort=[("created", ASCENDING)],
+            )
+            if doc is not None and (oldest is None or doc["created"] < oldest):
+                oldest = doc["created"]
+        return oldest
