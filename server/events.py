@@ -54,3 +54,92 @@ class EventLog:
             conversation=conversation_to_proto(doc),
         )
         return await self.append(event, doc.get("owner", ""), doc["_id"])
+
+
+# Reading the log (Subscribe). Entry ids are "<ms>-<seq>"; as tuples they compare in log order.
+
+EventId = tuple[int, int]
+ZERO_ID: EventId = (0, 0)
+
+
+def parse_event_id(text: str) -> EventId | None:
+    """The id `text` names as a comparable tuple; None when it is not a complete stream id."""
+    ms, sep, seq = text.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit() or not ms.isascii() or not seq.isascii():
+        return None
+    value = (int(ms), int(seq))
+    # Redis ids are two unsigned 64-bit integers; anything larger cannot be an id it issued.
+    return value if value[0] < 2**64 and value[1] < 2**64 else None
+
+
+def format_event_id(value: EventId) -> str:
+    return f"{value[0]}-{value[1]}"
+
+
+def successor(value: EventId) -> EventId:
+    """The smallest id greater than `value`."""
+    return (value[0], value[1] + 1) if value[1] < 2**64 - 1 else (value[0] + 1, 0)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def entry_id(raw: bytes | str) -> EventId:
+    """The tuple form of an id Redis returned (always well-formed)."""
+    parsed = parse_event_id(_text(raw))
+    assert parsed is not None, raw
+    return parsed
+
+
+class LogState:
+    """What XINFO STREAM says about the log's bounds at one instant."""
+
+    __slots__ = ("first", "last", "trimmed")
+
+    def __init__(self, first: EventId | None, last: EventId, trimmed: bool) -> None:
+        self.first = first
+        self.last = last
+        # Whether any entry was ever removed; when not, no token can point before the retained log.
+        self.trimmed = trimmed
+
+    @classmethod
+    def from_xinfo(cls, info: Any) -> LogState:
+        """From redis-py's parsed XINFO STREAM reply, or the error a missing stream gives."""
+        if isinstance(info, Exception):
+            if "no such key" in str(info).lower():
+                return cls(None, ZERO_ID, False)
+            raise info
+        first_entry = info.get("first-entry")
+        first = entry_id(first_entry[0]) if first_entry else None
+        last = entry_id(info.get("last-generated-id") or b"0-0")
+        added, length = info.get("entries-added"), info.get("length", 0)
+        trimmed = True if added is None else int(added) > int(length)
+        return cls(first, last, trimmed)
+
+    def missed_after(self, token: EventId) -> bool:
+        """Whether entries after `token` may have been trimmed (the retained log starts past its successor)."""
+        if not self.trimmed:
+            return False
+        return self.first is None or self.first > successor(token)
+
+
+async def log_state(redis: Redis, name: str) -> LogState:
+    """The log's current bounds."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xinfo_stream(name)
+        (info,) = await pipe.execute(raise_on_error=False)
+    return LogState.from_xinfo(info)
+
+
+async def read_page(redis: Redis, name: str, after: EventId, count: int
+                    ) -> tuple[LogState, list[tuple[bytes, dict[bytes, bytes]]]]:
+    """Entries after `after` (exclusive) and the log's bounds, read atomically so a trim cannot slip between."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xinfo_stream(name)
+        pipe.xrange(name, min="(" + format_event_id(after), max="+", count=count)
+        info, entries = await pipe.execute(raise_on_error=False)
+    state = LogState.from_xinfo(info)
+    if isinstance(entries, Exception):
+        raise entries
+    return state, list(entries)

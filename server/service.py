@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from server.auth import Role
 from server.config import Config
 from server.convert import conversation_to_proto, message_to_proto
 from server.edge import authenticate, unary
+from server.errors import DomainError, Unavailable, to_status
 from server.gateway import Gateway, validate_send
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -81,8 +83,20 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     async def Subscribe(
         self, request: sms_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[sms_pb2.SubscribeResponse]:
-        async for response in self.hub.subscribe(request, context):
-            yield response
+        """Events the caller may see; all_owners is honoured for admin/service and ignored for agents."""
+        try:
+            caller = authenticate(self.secret, context)
+            if self.hub is None:
+                raise Unavailable("Subscribe is not available on this server", "SUBSCRIBE_UNAVAILABLE")
+            if request.conversation_id:
+                # NOT_FOUND for a conversation the caller may not see, as GetConversation answers.
+                await self.gateway.conversation_for(caller, request.conversation_id)
+            # aclosing: on cancellation the hub's finally (unregistering) runs now, not at garbage collection.
+            async with contextlib.aclosing(self.hub.subscribe(caller, request)) as stream:
+                async for response in stream:
+                    yield response
+        except DomainError as exc:
+            await context.abort_with_status(to_status(exc))
 
     @unary
     async def GetQueueStats(

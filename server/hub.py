@@ -1,0 +1,382 @@
+"""Subscribe's fan-out: one reader of the event log per process, bounded queues per subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio import Redis
+from sms.v1 import sms_pb2, types_pb2
+
+from server.auth import Caller
+from server.config import Config
+from server.errors import InvalidArgument, Unavailable
+from server.events import (
+    F_CONVERSATION,
+    F_DATA,
+    F_OWNER,
+    ZERO_ID,
+    EventId,
+    entry_id,
+    format_event_id,
+    log_state,
+    parse_event_id,
+    read_page,
+)
+
+log = logging.getLogger(__name__)
+
+Response = sms_pb2.SubscribeResponse
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+READ_COUNT = 1_000  # entries per XREAD; one batch is dispatched without yielding to the loop
+READ_BLOCK_MS = 2_000
+REPLAY_PAGE = 500
+READY_TIMEOUT = 5.0
+# A replaying subscriber whose live queue overflowed catches up from the log this many times before
+# it is told to resync, so a long replay under live traffic does not end in a needless resync.
+CATCH_UP_ROUNDS = 3
+RETRY_MIN, RETRY_MAX = 0.2, 5.0
+COUNT_LOG_SECONDS = 1.0
+
+SHUTTING_DOWN = "server shutting down"
+SLOW_CONSUMER = "slow consumer"
+LOG_UNAVAILABLE = "event log was unavailable"
+TOKEN_TRIMMED = "resume token is older than the retained event log"
+TOKEN_FUTURE = "resume token is ahead of the event log"
+
+
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _event(raw_id: bytes, fields: dict[bytes, bytes]) -> Response:
+    """The response carrying a stream entry; parsed once, whoever receives it."""
+    event = types_pb2.Event.FromString(fields.get(F_DATA, b""))
+    event.id = raw_id.decode()
+    return Response(event=event)
+
+
+def _resync(reason: str, last: EventId) -> Response:
+    return Response(resync_required=sms_pb2.ResyncRequired(reason=reason, last_event_id=format_event_id(last)))
+
+
+def _heartbeat(last: EventId) -> Response:
+    return Response(heartbeat=sms_pb2.Heartbeat(last_event_id=format_event_id(last), time=_now()))
+
+
+class Subscriber:
+    """One open Subscribe call: what it may see, and its bounded queue of live events."""
+
+    __slots__ = ("closed", "conversation", "items", "limit", "owner", "resync", "wake")
+
+    def __init__(self, owner: str | None, conversation: str, limit: int) -> None:
+        # None: every owner's events. A conversation narrows further; events carry the current owner.
+        self.owner = owner
+        self.conversation = conversation
+        self.limit = limit
+        self.items: deque[tuple[EventId, Response]] = deque()
+        self.wake = asyncio.Event()
+        # A pending resync: the latest id dropped for it, and why. Set instead of growing the queue.
+        self.resync: tuple[EventId, str] | None = None
+        self.closed = False
+
+    def wants(self, owner: str, conversation: str) -> bool:
+        if self.conversation and conversation != self.conversation:
+            return False
+        return self.owner is None or owner == self.owner
+
+    def offer(self, key: EventId, response: Response) -> None:
+        """Queues a live event; on overflow drops the queue and owes one resync instead."""
+        if self.resync is not None:
+            self.resync = (key, self.resync[1])
+            return
+        if len(self.items) >= self.limit:
+            self.items.clear()
+            self.resync = (key, SLOW_CONSUMER)
+        else:
+            self.items.append((key, response))
+        self.wake.set()
+
+    def owe_resync(self, last: EventId, reason: str) -> None:
+        self.items.clear()
+        self.resync = (last, reason)
+        self.wake.set()
+
+
+class Hub:
+    """Reads the event stream once (one XREAD loop) and fans entries out to this process's subscribers."""
+
+    def __init__(self, cfg: Config, redis: Redis) -> None:
+        self.cfg = cfg
+        self.redis = redis
+        self.stream = cfg.event_stream
+        # The id of the last entry dispatched: every later entry reaches every registered subscriber.
+        self.position: EventId = ZERO_ID
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._by_owner: dict[str, set[Subscriber]] = {}
+        self._by_conversation: dict[str, set[Subscriber]] = {}
+        self._everything: set[Subscriber] = set()
+        self._count = 0
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def subscriber_count(self) -> int:
+        return self._count
+
+    async def start(self) -> None:
+        """Starts the stream reader and the subscriber-count log line."""
+        self._tasks = [asyncio.create_task(self._read_loop(), name="hub-reader"),
+                       asyncio.create_task(self._count_loop(), name="hub-count")]
+
+    async def close(self) -> None:
+        """Ends every open stream with UNAVAILABLE (clients reconnect elsewhere) and stops reading."""
+        self._closing = True
+        for sub in self._all():
+            sub.closed = True
+            sub.wake.set()
+        # Give the handlers a moment to send their status before the server's drain begins.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("hub: closed, %d subscribers", self._count)
+
+    # Registration
+
+    def _all(self) -> Iterable[Subscriber]:
+        seen: set[Subscriber] = set(self._everything)
+        for group in (*self._by_owner.values(), *self._by_conversation.values()):
+            seen |= group
+        return seen
+
+    def _index(self, sub: Subscriber) -> tuple[dict[str, set[Subscriber]] | None, str]:
+        if sub.conversation:
+            return self._by_conversation, sub.conversation
+        if sub.owner is None:
+            return None, ""
+        return self._by_owner, sub.owner
+
+    def _add(self, sub: Subscriber) -> None:
+        index, key = self._index(sub)
+        if index is None:
+            self._everything.add(sub)
+        else:
+            index.setdefault(key, set()).add(sub)
+        self._count += 1
+        self._empty.clear()
+
+    def _remove(self, sub: Subscriber) -> None:
+        index, key = self._index(sub)
+        if index is None:
+            self._everything.discard(sub)
+        else:
+            group = index.get(key)
+            if group is not None:
+                group.discard(sub)
+                if not group:
+                    del index[key]
+        self._count -= 1
+        if not self._count:
+            self._empty.set()
+
+    # The one reader
+
+    async def _read_loop(self) -> None:
+        delay = RETRY_MIN
+        failed = False
+        while True:
+            try:
+                if failed or not self._ready.is_set():
+                    state = await log_state(self.redis, self.stream)
+                    if failed:
+                        # Appends may have failed while Redis was away: tell everyone rather than guess.
+                        log.warning("hub: event log reachable again at %s; subscribers must resync",
+                                    format_event_id(state.last))
+                        for sub in self._all():
+                            sub.owe_resync(state.last, LOG_UNAVAILABLE)
+                    self.position = state.last
+                    failed = False
+                    self._ready.set()
+                async with asyncio.timeout(READ_BLOCK_MS / 1000 + 10):
+                    reply = await self.redis.xread(
+                        {self.stream: format_event_id(self.position)}, count=READ_COUNT, block=READ_BLOCK_MS
+                    )
+                delay = RETRY_MIN
+                for _, entries in reply or ():
+                    self._dispatch(entries)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failed:
+                    log.warning("hub: reading the event log failed (%s); retrying", exc)
+                failed = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _dispatch(self, entries: list[Entry]) -> None:
+        """Routes a batch to the entitled subscribers; O(subscribers entitled) per entry."""
+        for raw_id, fields in entries:
+            key = entry_id(raw_id)
+            self.position = key
+            owner = fields.get(F_OWNER, b"").decode()
+            conversation = fields.get(F_CONVERSATION, b"").decode()
+            targets = [sub for group in (self._by_owner.get(owner), self._everything,
+                                         self._by_conversation.get(conversation)) if group
+                       for sub in group if sub.wants(owner, conversation)]
+            if not targets:
+                continue
+            try:
+                response = _event(raw_id, fields)
+            except Exception:
+                log.exception("hub: undecodable event %s skipped", raw_id.decode())
+                continue
+            for sub in targets:
+                sub.offer(key, response)
+
+    async def _count_loop(self) -> None:
+        """Logs the subscriber count when it changes: the operator's (and tests') view of open streams."""
+        logged = -1
+        while True:
+            if self._count != logged:
+                logged = self._count
+                log.info("hub: %d subscribers", logged)
+            await asyncio.sleep(COUNT_LOG_SECONDS)
+
+    # One subscriber
+
+    def subscriber_for(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> Subscriber:
+        """What the caller may see: agents only their own conversations, whatever all_owners says."""
+        narrowed = bool(request.conversation_id)
+        owner = None if caller.sees_all and (request.all_owners or narrowed) else caller.user_id
+        return Subscriber(owner, request.conversation_id, self.cfg.subscriber_queue_size)
+
+    async def subscribe(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> AsyncIterator[Response]:
+        """Replays after the resume token, then streams live events, resyncs and heartbeats."""
+        token: EventId | None = None
+        if request.resume_token:
+            token = parse_event_id(request.resume_token)
+            if token is None:
+                raise InvalidArgument("resume_token", "not an event id (expected <ms>-<seq>)", "INVALID_RESUME_TOKEN")
+        if self._closing:
+            raise Unavailable(SHUTTING_DOWN, "SHUTTING_DOWN")
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
+        except TimeoutError:
+            raise Unavailable("event log unavailable", "EVENT_LOG_UNAVAILABLE") from None
+        sub = self.subscriber_for(caller, request)
+        # Registered before replaying, so whatever the replay misses at its end arrives live.
+        self._add(sub)
+        try:
+            delivered = self.position
+            if token is not None:
+                delivered = token
+                async with contextlib.aclosing(self._replay(sub, token)) as replay:
+                    async for response, at in replay:
+                        delivered = at
+                        yield response
+            yield _heartbeat(self._mark(sub, delivered))
+            async for response in self._live(sub, delivered):
+                yield response
+        finally:
+            self._remove(sub)
+
+    async def _replay(self, sub: Subscriber, token: EventId) -> AsyncGenerator[tuple[Response, EventId], None]:
+        """Entitled entries after `token`, in order; a resync instead when they are no longer all there."""
+        cursor = token
+        rounds = 0
+        while True:
+            while True:
+                if sub.closed:
+                    raise Unavailable(SHUTTING_DOWN, "SHUTTING_DOWN")
+                try:
+                    state, entries = await read_page(self.redis, self.stream, cursor, REPLAY_PAGE)
+                except Exception as exc:
+                    log.warning("hub: replay failed (%s)", exc)
+                    raise Unavailable("event log unavailable", "EVENT_LOG_UNAVAILABLE") from None
+                if cursor > state.last:
+                    self._settle(sub, state.last)
+                    yield _resync(TOKEN_FUTURE, state.last), state.last
+                    return
+                if state.missed_after(cursor):
+                    self._settle(sub, state.last)
+                    yield _resync(TOKEN_TRIMMED, state.last), state.last
+                    return
+                for raw_id, fields in entries:
+                    cursor = entry_id(raw_id)
+                    if sub.wants(fields.get(F_OWNER, b"").decode(), fields.get(F_CONVERSATION, b"").decode()):
+                        yield _event(raw_id, fields), cursor
+                if len(entries) < REPLAY_PAGE:
+                    break
+            pending = sub.resync
+            if pending is None or pending[0] <= cursor:
+                # Whatever the live queue dropped was replayed.
+                self._settle(sub, cursor)
+                return
+            if pending[1] != SLOW_CONSUMER or rounds >= CATCH_UP_ROUNDS:
+                return  # the live loop sends the owed resync
+            # The live queue overflowed during the replay, but the dropped entries are still in the log.
+            rounds += 1
+            sub.items.clear()
+            sub.resync = None
+
+    def _mark(self, sub: Subscriber, delivered: EventId) -> EventId:
+        """The resume point a heartbeat may carry: the reader's position only once nothing is queued or owed."""
+        if sub.items or sub.resync is not None:
+            return delivered
+        return max(self.position, delivered)
+
+    @staticmethod
+    def _settle(sub: Subscriber, upto: EventId) -> None:
+        """After a replay (or resync) up to `upto`: nothing owed or queued at or before it is sent again."""
+        if sub.resync is not None and sub.resync[0] <= upto:
+            sub.resync = None
+        while sub.items and sub.items[0][0] <= upto:
+            sub.items.popleft()
+
+    async def _live(self, sub: Subscriber, delivered: EventId) -> AsyncIterator[Response]:
+        """Queued live events, an owed resync, or a heartbeat when nothing was sent for a while."""
+        interval = self.cfg.heartbeat_seconds
+        last_sent = time.monotonic()
+        while True:
+            if sub.closed:
+                raise Unavailable(SHUTTING_DOWN, "SHUTTING_DOWN")
+            if sub.resync is not None:
+                delivered, reason = sub.resync
+                sub.resync = None
+                yield _resync(reason, delivered)
+                last_sent = time.monotonic()
+                continue
+            if sub.items:
+                key, response = sub.items.popleft()
+                if key <= delivered:
+                    continue
+                delivered = key
+                yield response
+                last_sent = time.monotonic()
+                continue
+            sub.wake.clear()
+            if interval <= 0:
+                await sub.wake.wait()
+                continue
+            remaining = last_sent + interval - time.monotonic()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await sub.wake.wait()
+                continue
+            yield _heartbeat(self._mark(sub, delivered))
+            last_sent = time.monotonic()
