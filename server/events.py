@@ -17,6 +17,8 @@ Doc = dict[str, Any]
 
 # Stream entry fields. `owner` and `conversation_id` let a reader route an event without parsing it.
 F_OWNER, F_CONVERSATION, F_DATA = b"owner", b"conversation_id", b"data"
+# A gap marker: this writer failed to append that many events; every reader must resync past it.
+F_GAP = b"gap"
 
 
 class EventLog:
@@ -26,18 +28,26 @@ class EventLog:
         self.redis = redis
         self.name = name
         self.retention = retention
+        self.lost = 0
 
     async def append(self, event: types_pb2.Event, owner: str, conversation_id: str) -> str | None:
         """Appends `event` (its id is assigned by Redis); returns the id, or None when Redis failed.
 
-        A failed append must not fail the write that already happened; readers detect the gap.
+        A failed append must not fail the write that already happened. Instead the next append that
+        succeeds is preceded by a gap marker, so readers on every replica resync rather than miss it.
         """
         fields: dict[bytes, bytes | str] = {
             F_OWNER: owner, F_CONVERSATION: conversation_id, F_DATA: event.SerializeToString(),
         }
         try:
+            if self.lost:
+                gap: dict[bytes, bytes | str] = {F_OWNER: "", F_CONVERSATION: "", F_GAP: str(self.lost)}
+                await self.redis.xadd(self.name, gap, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
+                log.warning("event log: marked a gap of %d lost events", self.lost)
+                self.lost = 0
             entry_id = await self.redis.xadd(self.name, fields, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
         except Exception:
+            self.lost += 1
             log.exception("event append failed (%s)", types_pb2.EventType.Name(event.type))
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

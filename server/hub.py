@@ -19,6 +19,7 @@ from server.errors import InvalidArgument, Unavailable
 from server.events import (
     F_CONVERSATION,
     F_DATA,
+    F_GAP,
     F_OWNER,
     ZERO_ID,
     EventId,
@@ -47,6 +48,7 @@ COUNT_LOG_SECONDS = 1.0
 SHUTTING_DOWN = "server shutting down"
 SLOW_CONSUMER = "slow consumer"
 LOG_UNAVAILABLE = "event log was unavailable"
+EVENTS_LOST = "a writer could not append some events"
 TOKEN_TRIMMED = "resume token is older than the retained event log"
 TOKEN_FUTURE = "resume token is ahead of the event log"
 
@@ -232,6 +234,10 @@ class Hub:
         for raw_id, fields in entries:
             key = entry_id(raw_id)
             self.position = key
+            if F_GAP in fields:
+                for sub in self._all():
+                    sub.owe_resync(key, EVENTS_LOST)
+                continue
             owner = fields.get(F_OWNER, b"").decode()
             conversation = fields.get(F_CONVERSATION, b"").decode()
             targets = [sub for group in (self._by_owner.get(owner), self._everything,
@@ -317,7 +323,9 @@ class Hub:
                     return
                 for raw_id, fields in entries:
                     cursor = entry_id(raw_id)
-                    if sub.wants(fields.get(F_OWNER, b"").decode(), fields.get(F_CONVERSATION, b"").decode()):
+                    if F_GAP in fields:
+                        yield _resync(EVENTS_LOST, cursor), cursor
+                    elif sub.wants(fields.get(F_OWNER, b"").decode(), fields.get(F_CONVERSATION, b"").decode()):
                         yield _event(raw_id, fields), cursor
                 if len(entries) < REPLAY_PAGE:
                     break

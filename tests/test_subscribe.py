@@ -560,3 +560,36 @@ async def test_losing_redis_ends_in_a_resync_not_a_gap(base_env: dict[str, str])
             if proc is not None:
                 proc.stop()
             own.stop()
+
+
+async def test_a_failed_append_elsewhere_reaches_subscribers_as_a_resync(
+    sms: sms_pb2_grpc.SmsServiceAsyncStub, redis: Redis, base_env: dict[str, str]
+) -> None:
+    """A writer whose append failed (its Redis blipped) marks the gap on its next append; readers resync."""
+    from server.events import EventLog
+
+    user = unique_user()
+    live = await open_stream(sms, user).started()
+    before = await last_id(redis)
+    replaying = await open_stream(sms, user, resume_token=before).started()
+    writer = EventLog(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), "sms:events", 100_000)
+    event = types_pb2.Event(type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,
+                            conversation=types_pb2.Conversation(id="c-lost", owner=user))
+    assert await writer.append(event, user, "c-lost") is None  # nothing listening on that port
+    await writer.redis.aclose()
+    writer.redis = redis
+    appended = await writer.append(event, user, "c-lost")
+    assert appended is not None
+    gap = [f for _, f in await xrange_after(redis, before) if b"gap" in f]
+    assert [f[b"gap"] for f in gap] == [b"1"]
+    for stream in (live, replaying):
+        await until(lambda s=stream: bool(s.resyncs) and caught_up(s, appended)(), 10,  # type: ignore[misc]
+                    "a resync, then the event after the gap")
+        assert stream.resyncs[0].reason == "a writer could not append some events"
+    await close_streams(live, replaying)
+
+    # A subscriber resuming from before the gap later is told too.
+    late = await open_stream(sms, user, resume_token=before).started()
+    await until(lambda: caught_up(late, appended)(), 10, "the replay")
+    assert late.resyncs and late.event_ids[-1] == appended
+    await close_streams(late)
