@@ -371,7 +371,7 @@ async def test_status_moves_forward_only_with_shuffled_duplicates(
             statuses = ["sending", "sent", final] * 3 + ["queued"]
             rng.shuffle(statuses)
             cases.append((msg.id, sid, final, statuses))
-    for _, sid, final, statuses in cases:
+    for _, sid, _final, statuses in cases:
         for s in statuses:
             code = 30003 if s in ("undelivered", "failed") else 0
             await ingest.RecordStatus(ingest_pb2.RecordStatusRequest(message_sid=sid, message_status=s,

@@ -104,7 +104,7 @@ def test_health_follows_mongodb(base_env: dict[str, str]) -> None:
 
 
 def test_sigterm_drains_and_exits_cleanly(base_env: dict[str, str]) -> None:
-    proc, addr = start_server(base_env)
+    proc, _ = start_server(base_env)
     assert proc.stop(signal.SIGTERM, timeout=20) == 0
     assert "server stopped" in proc.log()
 
