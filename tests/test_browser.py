@@ -1,0 +1,513 @@
+"""The web inbox in headless Chromium against `sms-gateway dev`: the whole stack as the README starts it.
+
+One stack and one browser for the module; each test opens its own browser contexts (own localStorage) and
+uses its own phone numbers. The server-restart test runs last. SMS_UPDATE_SCREENSHOTS=1 rewrites
+docs/screenshots/*.png along the way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from itertools import count
+from typing import Any
+
+import grpc
+import pytest
+from sms.v1 import sms_pb2, sms_pb2_grpc, types_pb2
+
+from tests.browser import (
+    CHROMIUM_ARGS,
+    DESKTOP,
+    PHONE,
+    PROBE_SCRIPT,
+    chromium_path,
+    inject_inbound,
+    patch_rules,
+    probe,
+    screenshot,
+    skip_or_fail_without_browser,
+    wait_until,
+)
+from tests.devstack import DevStack, dev_stack, pid_alive
+
+# How soon an injected inbound message must show in the list (simulator → bridge → server → Subscribe →
+# Envoy → browser). Locally it takes ~0.1 s; the limit leaves room for a busy CI box.
+ARRIVAL_LIMIT_MS = 1000
+# Outbound ticks' order: a bubble's status may skip states but never go back.
+STATUS_RANK = {"accepted": 1, "scheduled": 2, "queued": 3, "sending": 4, "sent": 5, "delivered": 6}
+T = 10_000  # ms: Playwright's default wait for anything the stack does at once
+
+_numbers = count(10)
+
+
+def new_contact() -> str:
+    """A fresh contact number (+1 415 555 01xx, a fictional range) for each conversation a test makes."""
+    n = next(_numbers)
+    assert n < 100
+    return f"+141555501{n:02d}"
+
+
+def sel(testid: str, **attrs: str) -> str:
+    """A CSS selector for a data-testid with data-* attributes, e.g. sel("conversation-item", contact="+1…")."""
+    extra = "".join(f'[data-{k.replace("_", "-")}="{v}"]' for k, v in attrs.items())
+    return f'[data-testid="{testid}"]{extra}'
+
+
+# Fixtures ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stack() -> Iterator[DevStack]:
+    skip_or_fail_without_browser()
+    with dev_stack() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(stack: DevStack) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Api:
+    """The SmsService over plain gRPC as one of the demo users: to arrange data and check the UI against."""
+
+    def __init__(self, stack: DevStack, channel: grpc.Channel) -> None:
+        self.stack = stack
+        self.stub = sms_pb2_grpc.SmsServiceStub(channel)
+
+    def send(self, user: str, to: str, body: str) -> types_pb2.Message:
+        resp = self.stub.Send(
+            sms_pb2.SendRequest(to=to, body=body, request_id=f"browser-{time.monotonic_ns()}"),
+            metadata=self.stack.metadata(user),
+            timeout=10,
+            wait_for_ready=True,
+        )
+        return resp.message
+
+    def conversation(self, user: str, conversation_id: str) -> types_pb2.Conversation:
+        req = sms_pb2.GetConversationRequest(conversation_id=conversation_id)
+        return self.stub.GetConversation(req, metadata=self.stack.metadata(user), timeout=10).conversation
+
+    def message(self, user: str, message_id: str) -> types_pb2.Message:
+        req = sms_pb2.GetMessageRequest(message_id=message_id)
+        return self.stub.GetMessage(req, metadata=self.stack.metadata(user), timeout=10).message
+
+    def message_ids(self, user: str, conversation_id: str) -> set[str]:
+        req = sms_pb2.ListMessagesRequest(conversation_id=conversation_id, page_size=100)
+        resp = self.stub.ListMessages(req, metadata=self.stack.metadata(user), timeout=10, wait_for_ready=True)
+        return {m.id for m in resp.messages}
+
+    def contacts(self, user: str) -> set[str]:
+        req = sms_pb2.ListConversationsRequest(page_size=100)
+        resp = self.stub.ListConversations(req, metadata=self.stack.metadata(user), timeout=10)
+        return {c.contact_number for c in resp.conversations}
+
+
+@pytest.fixture(scope="module")
+def api(stack: DevStack) -> Iterator[Api]:
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        yield Api(stack, channel)
+
+
+class Pages:
+    """Opens signed-in pages, each in its own browser context; closes them after the test."""
+
+    def __init__(self, stack: DevStack, browser: Any) -> None:
+        self.stack = stack
+        self.browser = browser
+        self.contexts: list[Any] = []
+        self.loads: dict[int, int] = {}
+
+    def blank(self, viewport: dict[str, int] = DESKTOP) -> Any:
+        """A page on the web UI, signed out, with the probe installed and full page loads counted."""
+        ctx = self.browser.new_context(viewport=viewport, device_scale_factor=1)
+        ctx.set_default_timeout(T)
+        ctx.add_init_script(PROBE_SCRIPT)
+        self.contexts.append(ctx)
+        page = ctx.new_page()
+        self.loads[id(page)] = 0
+
+        def loaded(_: Any) -> None:
+            self.loads[id(page)] += 1
+
+        page.on("load", loaded)
+        page.goto(self.stack.web_url + "/")
+        return page
+
+    def sign_in(self, page: Any, user: str) -> Any:
+        """Pastes the demo user's token and waits until the live stream is connected."""
+        page.get_by_test_id("token-input").fill(self.stack.token(user))
+        page.get_by_test_id("sign-in").click()
+        page.locator(sel("user-id")).filter(has_text=user).wait_for(state="attached")
+        page.locator(sel("connection-indicator", state="connected")).wait_for()
+        return page
+
+    def open_as(self, user: str, viewport: dict[str, int] = DESKTOP) -> Any:
+        return self.sign_in(self.blank(viewport), user)
+
+    def close(self) -> None:
+        for ctx in self.contexts:
+            ctx.close()
+
+
+@pytest.fixture
+def pages(stack: DevStack, browser: Any) -> Iterator[Pages]:
+    p = Pages(stack, browser)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def item(page: Any, contact: str) -> Any:
+    """The conversation row of `contact`."""
+    return page.locator(sel("conversation-item", contact=contact))
+
+
+def bubble(page: Any, text: str) -> Any:
+    return page.locator(sel("message-bubble")).filter(has_text=text)
+
+
+def wait_js(page: Any, expression: str, arg: Any = None, timeout: int = T) -> Any:
+    """Waits until the JS `expression` (a function of `arg`) is truthy in the page; returns its value."""
+    return page.wait_for_function(expression, arg=arg, timeout=timeout).json_value()
+
+
+# 1. Sign in, new message, ticks ---------------------------------------------------------------------------
+def test_agent_signs_in_sends_a_new_message_and_sees_it_delivered_live(stack: DevStack, pages: Pages, api: Api) -> None:
+    # Slow the simulator's lifecycle down so the bubble is shown before it is delivered.
+    patch_rules(stack, {"lifecycle_ms": {"accepted": 100, "queued": 200, "sending": 300, "sent": 800}})
+    try:
+        page = pages.blank()
+        page.get_by_test_id("sign-in-form").wait_for()
+        screenshot(page, "sign-in")
+
+        # A token that is not a JWT is refused on the form, before any call.
+        page.get_by_test_id("token-input").fill("not-a-token")
+        page.get_by_test_id("sign-in").click()
+        wait_js(page, "() => document.querySelector('[data-testid=sign-in-error]').textContent.trim() !== ''")
+        pages.sign_in(page, "alice")
+        assert page.get_by_test_id("user-role").inner_text().lower() == "agent"
+        assert page.get_by_test_id("tab-queue").count() == 0  # agents have no queue dashboard
+
+        contact, text = new_contact(), "Hi Dana, your order #1042 ships tomorrow."
+        page.get_by_test_id("new-message-button").click()
+        page.get_by_test_id("new-message-form").wait_for()
+        page.get_by_test_id("new-to").fill(contact)
+        page.get_by_test_id("new-body").fill(text)
+        screenshot(page, "new-message")
+        page.get_by_test_id("new-send").click()
+
+        # The UI opens the new conversation and shows the message at once, not yet delivered.
+        thread = page.locator(sel("thread", contact=contact))
+        thread.wait_for()
+        conv_id = thread.get_attribute("data-conversation-id")
+        assert conv_id and page.evaluate("() => location.hash") == f"#/c/{conv_id}"
+        mine = bubble(page, text)
+        mine.wait_for()
+        assert mine.get_attribute("data-direction") == "outbound"
+        message_id = mine.get_attribute("data-message-id")
+        assert message_id
+        item(page, contact).wait_for()
+        assert item(page, contact).get_attribute("data-conversation-id") == conv_id
+        assert page.get_by_test_id("composer-input").input_value() == ""
+
+        # …and its tick moves to delivered through live events alone.
+        page.locator(sel("message-bubble", message_id=message_id, status="delivered")).wait_for(timeout=20_000)
+        tick = mine.get_by_test_id("status-tick")
+        assert tick.get_attribute("data-status") == "delivered"
+        assert tick.get_attribute("title") == "Delivered"
+        seen = probe(page)["statuses"][message_id]
+        assert seen[-1] == "delivered", seen
+        assert len(seen) >= 2 and seen[0] in ("accepted", "queued", "sending", "sent"), seen
+        ranks = [STATUS_RANK[s] for s in seen]
+        assert ranks == sorted(ranks), f"a tick went backwards: {seen}"
+        assert pages.loads[id(page)] == 1, "the page was reloaded"
+
+        stored = api.message("alice", message_id)
+        assert stored.conversation_id == conv_id and stored.body == text
+        assert stored.status == types_pb2.MESSAGE_STATUS_DELIVERED
+    finally:
+        patch_rules(stack, {"lifecycle_ms": {}})
+
+
+# 2. Inbound: live, fast, unread badge ---------------------------------------------------------------------
+def arrival_ms(page: Any, contact: str, since_ms: float) -> float:
+    """Milliseconds from `since_ms` (epoch) until the probe saw the row of `contact` with an unread count."""
+    rec = probe(page)["contacts"][contact]
+    return float(rec["firstUnread"]) - since_ms
+
+
+def test_an_inbound_reply_appears_within_a_second_with_a_badge_that_opening_clears(
+    stack: DevStack, pages: Pages, api: Api
+) -> None:
+    contact = new_contact()
+    sent = api.send("alice", contact, "Hi! Can we move your appointment to Thursday?")
+    page = pages.open_as("alice")
+    row = item(page, contact)
+    row.wait_for()
+    assert row.get_attribute("data-unread") == "0"
+    assert row.get_by_test_id("unread-badge").count() == 0
+
+    reply = "Thursday 3pm works for me"
+    injected_at = time.time() * 1000
+    inject_inbound(stack, contact, reply)
+    page.locator(sel("conversation-item", contact=contact, unread="1")).wait_for(timeout=5000)
+    latency = arrival_ms(page, contact, injected_at)
+    assert latency <= ARRIVAL_LIMIT_MS, f"the inbound message took {latency:.0f} ms to show"
+    assert row.get_by_test_id("unread-badge").inner_text() == "1"
+    assert reply in row.get_by_test_id("conversation-preview").inner_text()
+    # The newest conversation goes to the top.
+    assert page.locator(sel("conversation-item")).first.get_attribute("data-contact") == contact
+
+    # Opening it shows the reply and clears the badge, in the UI and on the server.
+    row.click()
+    page.locator(sel("thread", conversation_id=sent.conversation_id)).wait_for()
+    inbound = bubble(page, reply)
+    inbound.wait_for()
+    assert inbound.get_attribute("data-direction") == "inbound"
+    assert inbound.get_attribute("data-status") == "received"
+    page.locator(sel("conversation-item", contact=contact, unread="0")).wait_for()
+    assert row.get_by_test_id("unread-badge").count() == 0
+    wait_until(lambda: api.conversation("alice", sent.conversation_id).unread_count == 0, 5, "unread 0 on the server")
+
+    # Reply from the composer (Enter sends) — the inbox screenshot: a thread with both directions.
+    composer = page.get_by_test_id("composer-input")
+    composer.fill("Great, see you Thursday at 3pm!")
+    composer.press("Enter")
+    bubble(page, "see you Thursday").wait_for()
+    wait_js(page, "() => document.querySelector('[data-testid=composer-input]').value === ''")
+    page.locator(sel("message-bubble", status="delivered")).filter(has_text="see you Thursday").wait_for()
+    screenshot(page, "inbox-thread")
+
+    # A reply to the conversation that is open and in view is read at once: no badge.
+    inject_inbound(stack, contact, "Thanks!")
+    bubble(page, "Thanks!").wait_for()
+    wait_until(lambda: api.conversation("alice", sent.conversation_id).unread_count == 0, 5, "the open thread read")
+    assert row.get_attribute("data-unread") == "0"
+
+
+def test_a_message_from_a_new_number_starts_a_conversation_for_the_default_owner(
+    stack: DevStack, pages: Pages, api: Api
+) -> None:
+    """The stack leaves SMS_DEFAULT_OWNER at its default, admin: a stranger's text lands in admin's inbox."""
+    admin = pages.open_as("admin")
+    alice = pages.open_as("alice")
+    stranger = new_contact()
+    assert item(admin, stranger).count() == 0
+
+    injected_at = time.time() * 1000
+    inject_inbound(stack, stranger, "Hello, is this the clinic?")
+    admin.locator(sel("conversation-item", contact=stranger, unread="1")).wait_for(timeout=5000)
+    latency = arrival_ms(admin, stranger, injected_at)
+    assert latency <= ARRIVAL_LIMIT_MS, f"the new conversation took {latency:.0f} ms to show"
+    row = item(admin, stranger)
+    assert row.get_by_test_id("unread-badge").inner_text() == "1"
+
+    row.click()
+    bubble(admin, "is this the clinic").wait_for()
+    admin.locator(sel("conversation-item", contact=stranger, unread="0")).wait_for()
+    assert row.get_by_test_id("unread-badge").count() == 0
+
+    # Alice, connected all along, never saw it (her later events prove her stream got past it).
+    mine = new_contact()
+    api.send("alice", mine, "Your parcel was delivered today.")  # an ordering barrier
+    item(alice, mine).wait_for()
+    assert stranger not in probe(alice)["contacts"]
+
+
+# 3. Isolation ---------------------------------------------------------------------------------------------
+def test_agents_never_see_each_others_conversations(stack: DevStack, pages: Pages, api: Api) -> None:
+    a1, b1 = new_contact(), new_contact()
+    a1_msg = api.send("alice", a1, "Your table for four is booked for 7pm.")
+    b1_msg = api.send("bob", b1, "Your car is ready for collection.")
+    alice, bob = pages.open_as("alice"), pages.open_as("bob")
+    item(alice, a1).wait_for()
+    item(bob, b1).wait_for()
+
+    # Live traffic on both sides: new conversations, inbound replies, both users' messages interleaved.
+    a2, b2 = new_contact(), new_contact()
+    api.send("bob", b2, "Your quote is attached to the email we sent.")
+    inject_inbound(stack, b1, "Great, I'll pick it up at 5")
+    api.send("alice", a2, "Your refund has been processed.")
+    inject_inbound(stack, a1, "Can we make it 7:30?")
+    # A last event for each, after all of the other's: a stream in log order has delivered everything before.
+    a3, b3 = new_contact(), new_contact()
+    api.send("alice", a3, "Your new card is on its way.")
+    api.send("bob", b3, "Your tyres are in stock.")
+    for page, contacts in ((alice, (a1, a2, a3)), (bob, (b1, b2, b3))):
+        for c in contacts:
+            item(page, c).wait_for()
+    alice.locator(sel("conversation-item", contact=a1, unread="1")).wait_for()
+    bob.locator(sel("conversation-item", contact=b1, unread="1")).wait_for()
+
+    alice_saw, bob_saw = set(probe(alice)["contacts"]), set(probe(bob)["contacts"])
+    assert not alice_saw & {b1, b2, b3}, f"alice saw bob's conversations: {alice_saw & {b1, b2, b3}}"
+    assert not bob_saw & {a1, a2, a3}, f"bob saw alice's conversations: {bob_saw & {a1, a2, a3}}"
+    # What each list shows is exactly what the server lists for that user.
+    assert alice_saw == api.contacts("alice")
+    assert bob_saw == api.contacts("bob")
+
+    # A link to the other agent's conversation shows nothing of it.
+    alice.evaluate("id => { location.hash = '#/c/' + id }", b1_msg.conversation_id)
+    alice.locator(sel("thread", conversation_id=b1_msg.conversation_id)).wait_for()
+    toast = alice.get_by_test_id("error-toast")
+    toast.wait_for()
+    assert re.search(r"not.?found|permission", toast.inner_text(), re.I), toast.inner_text()
+    assert alice.locator(sel("message-bubble")).count() == 0
+    assert b1 not in alice.get_by_test_id("thread").inner_text()
+    assert alice.get_by_test_id("composer-input").is_visible()
+    assert alice.get_by_test_id("send-button").is_disabled()
+    assert a1_msg.conversation_id != b1_msg.conversation_id
+
+
+# 4. Admin queue dashboard -----------------------------------------------------------------------------------
+def stat(page: Any, key: str) -> str:
+    return str(page.get_by_test_id(f"stat-{key}").get_attribute("data-value"))
+
+
+def test_admin_sees_the_queue_dashboard_with_numbers(stack: DevStack, pages: Pages, api: Api) -> None:
+    sent = api.send("admin", new_contact(), "Reminder: your appointment is tomorrow at 10am.")
+    wait_until(lambda: api.message("admin", sent.id).status == types_pb2.MESSAGE_STATUS_DELIVERED, 15, "delivery")
+    page = pages.open_as("admin")
+    assert page.get_by_test_id("user-role").inner_text().lower() == "admin"
+    page.get_by_test_id("tab-queue").click()
+    dashboard = page.get_by_test_id("queue-dashboard")
+    dashboard.wait_for()
+    page.get_by_test_id("stat-worker-health").wait_for()
+    assert page.evaluate("() => location.hash") == "#/queue"
+    assert page.get_by_test_id("queue-updated").inner_text().startswith("Updated")
+
+    numeric = (
+        "queued",
+        "in-progress",
+        "retrying",
+        "failed-last-hour",
+        "sent-last-minute",
+        "sent-last-hour",
+        "queue-length",
+    )
+    for key in numeric:
+        assert re.fullmatch(r"\d[\d,]*", stat(page, key)), (key, stat(page, key))
+    assert stat(page, "oldest-queued-age")  # "—" when nothing waits, else an age
+    assert stat(page, "worker-health") == "healthy"
+    before = int(stat(page, "sent-last-hour").replace(",", ""))
+    assert before >= 1  # at least the message sent above
+    screenshot(page, "queue-dashboard")
+
+    # Live: a send makes the dashboard refresh on its own.
+    api.send("admin", new_contact(), "Your lab results are ready.")
+    wait_js(
+        page,
+        "n => Number(document.querySelector('[data-testid=stat-sent-last-hour]').dataset.value.replace(/,/g, '')) > n",
+        before,
+        timeout=15_000,
+    )
+    assert pages.loads[id(page)] == 1
+
+    # Agents get no dashboard, even by URL.
+    alice = pages.open_as("alice")
+    alice.evaluate("() => { location.hash = '#/queue' }")
+    alice.get_by_test_id("conversation-list").wait_for()
+    assert alice.get_by_test_id("queue-dashboard").count() == 0
+
+
+# 5. Phone width -------------------------------------------------------------------------------------------
+def test_phone_width_shows_one_pane_with_a_back_button(stack: DevStack, pages: Pages, api: Api) -> None:
+    contact = new_contact()
+    api.send("alice", contact, "Your prescription is ready for pickup.")
+    inject_inbound(stack, contact, "Thanks, I'll come by after work")
+    page = pages.open_as("alice", PHONE)
+    sidebar, main = page.locator("aside.sidebar"), page.locator("main.main")
+    row = item(page, contact)
+    row.wait_for()
+    assert sidebar.is_visible() and not main.is_visible()
+    box = row.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] + 1
+
+    row.click()
+    bubble(page, "come by after work").wait_for()
+    assert main.is_visible() and not sidebar.is_visible()
+    back = page.locator(f"main {sel('back-button')}")
+    assert back.is_visible()
+    composer = page.get_by_test_id("composer-input")
+    assert composer.is_visible()
+    cbox = composer.bounding_box()
+    assert cbox and cbox["x"] + cbox["width"] <= PHONE["width"] and cbox["y"] + cbox["height"] <= PHONE["height"]
+    screenshot(page, "phone-thread")
+
+    back.click()
+    row.wait_for(state="visible")
+    assert not main.is_visible()
+    assert page.evaluate("() => location.hash") in ("", "#/")
+    # The new-message form is a pane of its own too, with its own way back.
+    page.get_by_test_id("new-message-button").click()
+    page.get_by_test_id("new-message-form").wait_for()
+    assert not sidebar.is_visible()
+    page.locator(f"main {sel('back-button')}").click()
+    row.wait_for(state="visible")
+
+
+# 6. Server restart (last: it disturbs the stack) ----------------------------------------------------------
+def test_the_live_view_survives_a_server_restart_without_losing_messages(
+    stack: DevStack, pages: Pages, api: Api
+) -> None:
+    contact = new_contact()
+    sent = api.send("alice", contact, "We're doing maintenance tonight.")
+    page = pages.open_as("alice")
+    item(page, contact).click()
+    bubble(page, "maintenance tonight").wait_for()
+    indicator = page.get_by_test_id("connection-indicator")
+
+    old = stack.reload()["pids"]["server"]
+    os.kill(old, signal.SIGKILL)
+    page.locator(sel("connection-indicator", state="reconnecting")).wait_for(timeout=15_000)
+
+    # A reply arrives while the server is down: the bridge holds it until the restarted server stores it.
+    errors: list[BaseException] = []
+
+    def inject_during_outage() -> None:
+        try:
+            inject_inbound(stack, contact, "sent while the server was down")
+        except BaseException as exc:
+            errors.append(exc)
+
+    during = threading.Thread(target=inject_during_outage)
+    during.start()
+    info = stack.wait_for(lambda i: i["pids"].get("server") not in (None, old), timeout=30)
+    assert pid_alive(info["pids"]["server"])
+    during.join(30)
+    assert not during.is_alive() and not errors, errors
+    page.locator(sel("connection-indicator", state="connected")).wait_for(timeout=20_000)
+    assert "!!! server killed by SIGKILL" in stack.log()
+
+    # …and one just after, and one from the composer.
+    inject_inbound(stack, contact, "sent just after the restart")
+    composer = page.get_by_test_id("composer-input")
+    composer.fill("Back online, thanks for waiting")
+    page.get_by_test_id("send-button").click()
+    for text in ("sent while the server was down", "sent just after the restart", "Back online"):
+        bubble(page, text).wait_for(timeout=15_000)
+
+    states = [s["state"] for s in probe(page)["states"]]
+    assert "reconnecting" in states[1:], states  # [0] is the first connect
+    assert states[-1] == "connected" and indicator.get_attribute("data-state") == "connected"
+    assert pages.loads[id(page)] == 1, "the page was reloaded"
+
+    # Nothing missing, nothing extra: the thread shows exactly what the server has.
+    def same_as_server() -> bool:
+        shown = set(page.eval_on_selector_all(sel("message-bubble"), "els => els.map(e => e.dataset.messageId)"))
+        return shown == api.message_ids("alice", sent.conversation_id)
+
+    wait_until(same_as_server, 10, "the thread to match the server's messages")
+    assert page.locator(sel("message-bubble")).count() == 4
