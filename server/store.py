@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
@@ -185,26 +185,28 @@ class Store:
         return await self.messages.find_one({"_id": oid})
 
     # Sending (the worker's send state, the reconciler and the queue statistics)
+    #
+    # SecantusDB uses an index only when it covers every field of the filter (no $in, no partial indexes), so
+    # these queries filter on indexed fields alone and refine in Python; `send_due` exists to be indexed.
 
     async def ensure_sending_indexes(self) -> None:
-        """Indexes for the reconciler and GetQueueStats; each query below uses one of them."""
+        """Indexes for the worker, the reconciler and GetQueueStats; each query below uses one of them."""
         await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
-        await self.messages.create_index(
-            "sent_at", partialFilterExpression={"sent_at": {"$type": "date"}}
-        )
+        await self.messages.create_index("sent_at")
+        await self.messages.create_index("send_due")
 
     async def set_send_state(self, oid: ObjectId, fields: Doc) -> Doc | None:
         """Writes worker bookkeeping (in-flight marker, retry time, last error) that is not a status change."""
         return await self.update_message(oid, {}, {"$set": fields})
 
     async def stale_outbound(self, cutoff: datetime, limit: int) -> list[str]:
-        """Ids of outbound messages not yet handed to Twilio and untouched since `cutoff`, oldest first."""
-        cursor = self.messages.find(
-            {"status": {"$in": ["queued", "sending"]}, "updated": {"$lt": cutoff},
-             "direction": "outbound", "twilio_sid": {"$exists": False}},
-            {"_id": 1},
-        ).sort([("updated", ASCENDING)]).limit(limit)
-        return [str(d["_id"]) async for d in cursor]
+        """Ids of messages the worker owes action since before `cutoff`: QUEUED and untouched, or an attempt or
+        retry (`send_due`) older than that; oldest first."""
+        queued = self.messages.find({"status": "queued", "updated": {"$lt": cutoff}}, {"_id": 1})
+        due = self.messages.find({"send_due": {"$lt": cutoff}}, {"_id": 1})
+        ids = [d["_id"] async for d in queued.sort([("updated", ASCENDING)]).limit(limit)]
+        ids += [d["_id"] async for d in due.sort([("send_due", ASCENDING)]).limit(limit)]
+        return [str(oid) for oid in ids[:limit]]
 
     async def count_status_since(self, status: str, since: datetime) -> int:
         return await self.messages.count_documents({"status": status, "updated": {"$gte": since}})
@@ -213,24 +215,16 @@ class Store:
         """Messages handed to Twilio (a sid stored by the worker) since `since`."""
         return await self.messages.count_documents({"sent_at": {"$gte": since}})
 
-    async def count_waiting(self) -> tuple[int, int, int]:
-        """(queued, in progress, retrying) among outbound messages that have no Twilio sid yet."""
-        base: Doc = {"direction": "outbound", "twilio_sid": {"$exists": False}}
-        queued = await self.messages.count_documents({**base, "status": "queued"})
-        retrying = await self.messages.count_documents({**base, "status": "sending", "retry_at": {"$type": "date"}})
-        in_progress = await self.messages.count_documents(
-            {**base, "status": "sending", "retry_at": {"$not": {"$type": "date"}}}
-        )
-        return queued, in_progress, retrying
+    async def waiting(self) -> tuple[int, list[Doc]]:
+        """The QUEUED count, and the messages with an attempt in flight or a retry pending (`send_due` set)."""
+        queued = await self.messages.count_documents({"status": "queued"})
+        due = await self.messages.find(
+            {"send_due": {"$gte": datetime(1970, 1, 1, tzinfo=UTC)}},
+            {"retry_at": 1, "in_flight": 1, "created": 1},
+        ).to_list()
+        return queued, due
 
-    async def oldest_waiting(self) -> datetime | None:
-        """Creation time of the oldest outbound message not yet handed to Twilio."""
-        oldest: datetime | None = None
-        for status in ("queued", "sending"):
-            doc = await self.messages.find_one(
-                {"status": status, "direction": "outbound", "twilio_sid": {"$exists": False}},
-                {"created": 1}, sort=[("created", ASCENDING)],
-            )
-            if doc is not None and (oldest is None or doc["created"] < oldest):
-                oldest = doc["created"]
-        return oldest
+    async def oldest_queued(self) -> datetime | None:
+        """Creation time of the oldest QUEUED message."""
+        doc = await self.messages.find_one({"status": "queued"}, {"created": 1}, sort=[("created", ASCENDING)])
+        return None if doc is None else doc["created"]

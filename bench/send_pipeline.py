@@ -1,0 +1,311 @@
+"""Send pipeline benchmark: Send → queue → worker → Twilio simulator → status callbacks → SENT.
+
+Starts everything itself on free loopback ports (embedded SecantusDB and Valkey, the simulator with a REST
+latency, the webhook bridge, two servers and a worker) and measures, in one run:
+
+  A. the bare sequence: Gateway.send in this process (store writes + event + enqueue; no gRPC, no worker);
+  B. the Send path: the same through gRPC Send to a server whose queue no worker reads;
+  C. the pipeline: N messages through Send while the worker sends them; Send latency, time to SENT (server
+     timestamps: the `sent` history entry minus `created`), end-to-end messages/s; RSS of server and worker.
+
+    .venv/bin/python bench/send_pipeline.py [--messages 2000] [--in-flight 50] [--latency-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+import grpc  # noqa: E402
+from pymongo import AsyncMongoClient  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+from sms.v1 import sms_pb2, sms_pb2_grpc  # noqa: E402
+
+from server.auth import Caller, Role, mint_token  # noqa: E402
+from server.config import Config  # noqa: E402
+from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
+from server.events import EventLog  # noqa: E402
+from server.gateway import Gateway, validate_send  # noqa: E402
+from server.send_queue import SendQueue  # noqa: E402
+from server.store import Store  # noqa: E402
+
+SECRET = "bench-secret-0123456789-0123456789"
+ACCOUNT_SID = "AC" + "b" * 32
+AUTH_TOKEN = "bench-token"
+FROM_NUMBER = "+15005550006"
+CONTACTS_PER_USER = 10
+
+
+class Child:
+    """A child process of the bench with its log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def rss_mb(self) -> float:
+        """Resident set size from /proc, in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, nearest rank."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def run_concurrently(count: int, in_flight: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """Runs one(i) for i in range(count) with `in_flight` at a time; returns the elapsed seconds."""
+    next_i = iter(range(count))
+
+    async def lane() -> None:
+        for i in next_i:
+            await one(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return time.perf_counter() - start
+
+
+def number(prefix: int, i: int) -> str:
+    """A valid US number unique per (prefix, i)."""
+    return f"+1{prefix:03d}555{i:04d}"
+
+
+def target(i: int, area: int) -> tuple[str, str]:
+    """The (user, contact number) of message i: users each own CONTACTS_PER_USER contacts."""
+    contact = i % 500
+    return f"user-{contact // CONTACTS_PER_USER}", number(area, contact)
+
+
+async def wait_grpc(addr: str, child: Child, within: float = 30) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + within
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited; see {child.log_path}")
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{addr} not serving")
+
+
+def start_stores(tmp: Path) -> tuple[EmbeddedServer, EmbeddedServer]:
+    """Embedded SecantusDB and Valkey with data under `tmp`, logging beside the other logs."""
+    logs = tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    mongo = start_mongo(tmp / "mongo", 0, open(logs / "mongo.log", "ab"))
+    return mongo, start_redis(tmp / "redis", 0, open(logs / "redis.log", "ab"))
+
+
+async def bench(args: argparse.Namespace, tmp: Path, mongo: EmbeddedServer,
+                redis_server: EmbeddedServer) -> dict[str, Any]:
+    logs = tmp / "logs"
+    children: list[Child] = []
+    sim_port, bridge_port, idle_port, grpc_port = (free_port() for _ in range(4))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
+    env.update(
+        PYTHONUNBUFFERED="1", MONGODB_URI=mongo.uri, MONGODB_DB="bench", REDIS_URL=redis_server.uri,
+        SMS_JWT_SECRET=SECRET, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM_NUMBER, TWILIO_API_BASE_URL=f"http://127.0.0.1:{sim_port}",
+        SMS_SIMULATOR_ADDR=f"127.0.0.1:{sim_port}", SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}",
+        SMS_PUBLIC_BASE_URL=f"http://127.0.0.1:{bridge_port}", SMS_GRPC_TARGET=f"127.0.0.1:{grpc_port}",
+        SMS_SIMULATOR_RULES=json.dumps({"latency_ms": args.latency_ms}), SMS_ARQ_QUEUE="bench:send",
+        SMS_DRAIN_SECONDS="2",
+    )
+    cli = [sys.executable, "-m", "server.cli"]
+    mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
+    redis = Redis.from_url(redis_server.uri)
+    result: dict[str, Any] = {"messages": args.messages, "in_flight": args.in_flight,
+                              "latency_ms": args.latency_ms, "logs": str(logs)}
+    try:
+        sim = Child("simulator", [*cli, "twilio-simulator"], env, logs)
+        children.append(sim)
+        wait_for_port("127.0.0.1", sim_port, 30, sim.proc)
+        idle = Child("server-idle", [*cli, "server"],
+                     {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{idle_port}", "SMS_ARQ_QUEUE": "bench:idle"}, logs)
+        server = Child("server", [*cli, "server"], {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{grpc_port}"}, logs)
+        children += [idle, server]
+        await wait_grpc(f"127.0.0.1:{idle_port}", idle)
+        await wait_grpc(f"127.0.0.1:{grpc_port}", server)
+        bridge = Child("bridge", [*cli, "bridge"], env, logs)
+        children.append(bridge)
+        wait_for_port("127.0.0.1", bridge_port, 30, bridge.proc)
+        worker = Child("worker", [*cli, "worker"], env, logs)
+        children.append(worker)
+        while not await redis.exists("bench:send:health-check"):
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {worker.log_path}")
+            await asyncio.sleep(0.1)
+
+        # A. The bare sequence, in process, onto a queue nobody reads.
+        cfg = Config.from_env(env)
+        store = Store.connect(mongo.uri, "bench")
+        bare_redis = Redis.from_url(redis_server.uri)
+        from arq import create_pool
+        from arq.connections import RedisSettings
+
+        arq = await create_pool(RedisSettings.from_dsn(redis_server.uri))
+        gateway = Gateway(cfg, store, EventLog(bare_redis, cfg.event_stream, cfg.event_retention),
+                          SendQueue(arq, "bench:bare"))
+
+        async def bare(i: int) -> None:
+            user, to = target(i, 201)
+            req = validate_send(cfg, to, f"bare {i}", [], "", "")
+            await gateway.send(Caller(user, Role.AGENT), req)
+
+        await bare(0)  # conversation creation and connections warmed up outside the clock
+        bare_s = await run_concurrently(args.bare, args.in_flight, lambda i: bare(i + 1))
+        await arq.aclose()
+        await bare_redis.aclose()
+        await store.close()
+        result["bare_per_s"] = args.bare / bare_s
+
+        tokens = {f"user-{u}": mint_token(SECRET, f"user-{u}", "agent") for u in range(500 // CONTACTS_PER_USER)}
+
+        def metadata(user: str) -> tuple[tuple[str, str], ...]:
+            return (("authorization", f"Bearer {tokens[user]}"),)
+
+        # B. The Send path: the same writes through gRPC, to the server whose queue no worker reads.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{idle_port}") as channel:
+            stub = sms_pb2_grpc.SmsServiceStub(channel)
+            path_latency: list[float] = []
+
+            async def via_grpc(i: int) -> None:
+                user, to = target(i, 202)
+                t0 = time.perf_counter()
+                await stub.Send(sms_pb2.SendRequest(to=to, body=f"path {i}"), metadata=metadata(user))
+                path_latency.append(time.perf_counter() - t0)
+
+            await via_grpc(0)
+            path_latency.clear()
+            path_s = await run_concurrently(args.bare, args.in_flight, lambda i: via_grpc(i + 1))
+        result["send_path_per_s"] = args.bare / path_s
+        result["send_path_ratio"] = result["send_path_per_s"] / result["bare_per_s"]
+        result["send_path_p50_ms"] = pct(path_latency, 0.5) * 1000
+        result["send_path_p99_ms"] = pct(path_latency, 0.99) * 1000
+
+        # C. The pipeline.
+        result["rss_before_mb"] = {"server": server.rss_mb(), "worker": worker.rss_mb()}
+        db = mongo_client["bench"]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = sms_pb2_grpc.SmsServiceStub(channel)
+            send_latency: list[float] = []
+
+            async def pipeline(i: int) -> None:
+                user, to = target(i, 203)
+                t0 = time.perf_counter()
+                await stub.Send(sms_pb2.SendRequest(to=to, body=f"pipeline {i}"), metadata=metadata(user))
+                send_latency.append(time.perf_counter() - t0)
+
+            start = time.perf_counter()
+            sends_s = await run_concurrently(args.messages, args.in_flight, pipeline)
+            query = {"body": {"$regex": "^pipeline "}, "status_history.status": "sent"}
+            deadline = time.monotonic() + max(120.0, args.messages / 10)
+            while (done := await db.messages.count_documents(query)) < args.messages:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {done} of {args.messages} messages reached SENT")
+                await asyncio.sleep(0.2)
+            end_to_end_s = time.perf_counter() - start
+        docs = await db.messages.find(query, {"created": 1, "status_history": 1}).to_list()
+        to_sent = [
+            (next(h["time"] for h in d["status_history"] if h["status"] == "sent") - d["created"]).total_seconds()
+            for d in docs
+        ]
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{sim_port}/_sim/stats") as resp:
+            sims = await resp.json()
+        result.update(
+            send_per_s=args.messages / sends_s,
+            send_p50_ms=pct(send_latency, 0.5) * 1000,
+            send_p99_ms=pct(send_latency, 0.99) * 1000,
+            end_to_end_per_s=args.messages / end_to_end_s,
+            to_sent_p50_ms=pct(to_sent, 0.5) * 1000,
+            to_sent_p99_ms=pct(to_sent, 0.99) * 1000,
+            to_sent_mean_ms=statistics.fmean(to_sent) * 1000,
+            twilio_creates_accepted=sims["creates_accepted"],
+            rss_after_mb={"server": server.rss_mb(), "worker": worker.rss_mb()},
+        )
+        return result
+    finally:
+        for child in reversed(children):
+            child.stop()
+        await redis.aclose()
+        await mongo_client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages through the pipeline (C)")
+    parser.add_argument("--bare", type=int, default=1000, help="messages for the bare and Send-path runs (A, B)")
+    parser.add_argument("--in-flight", type=int, default=50, help="Send calls in flight")
+    parser.add_argument("--latency-ms", type=int, default=50, help="simulated Twilio REST latency")
+    parser.add_argument("--keep", action="store_true", help="keep the databases under the temp dir")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sms-bench-"))
+    mongo, redis_server = start_stores(tmp)
+    try:
+        r = asyncio.run(bench(args, tmp, mongo, redis_server))
+    finally:
+        redis_server.stop()
+        mongo.stop()
+        if not args.keep:
+            shutil.rmtree(tmp / "mongo", ignore_errors=True)
+            shutil.rmtree(tmp / "redis", ignore_errors=True)
+    print(f"bare sequence (Gateway.send, {args.in_flight} in flight): {r['bare_per_s']:8.1f} msg/s")
+    print(f"Send path (gRPC, no worker):          {r['send_path_per_s']:8.1f} msg/s  "
+          f"= {r['send_path_ratio']:.2f} x bare   p50 {r['send_path_p50_ms']:.1f} ms  "
+          f"p99 {r['send_path_p99_ms']:.1f} ms")
+    print(f"pipeline, {r['messages']} messages, Twilio latency {r['latency_ms']} ms:")
+    print(f"  Send under load:   {r['send_per_s']:8.1f} msg/s   p50 {r['send_p50_ms']:.1f} ms   "
+          f"p99 {r['send_p99_ms']:.1f} ms")
+    print(f"  end to end (SENT): {r['end_to_end_per_s']:8.1f} msg/s   time to SENT p50 {r['to_sent_p50_ms']:.0f} ms"
+          f"   p99 {r['to_sent_p99_ms']:.0f} ms")
+    print(f"  Twilio creates accepted: {r['twilio_creates_accepted']}")
+    b, a = r["rss_before_mb"], r["rss_after_mb"]
+    print(f"  RSS server {b['server']:.0f} -> {a['server']:.0f} MiB, worker {b['worker']:.0f} -> {a['worker']:.0f} MiB")
+    print(f"  logs: {r['logs']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The admin operations of SmsService: queue statistics and SyncFromTwilio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, timedelta
+
+from arq.connections import ArqRedis
+from google.protobuf.duration_pb2 import Duration
+from sms.v1 import sms_pb2
+
+from server import status as st
+from server.config import Config
+from server.errors import FailedPrecondition, InvalidArgument, Unavailable
+from server.gateway import Gateway
+from server.store import Store
+from server.timeutil import aware, now
+from server.twilio_sender import TwilioFailure, TwilioSender
+from server.twilio_sync import sync_window
+
+log = logging.getLogger(__name__)
+
+HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key: <queue>:health-check, expires one second after its interval
+
+
+def twilio_missing(cfg: Config) -> list[str]:
+    """The Twilio settings (by environment name) that a process talking to Twilio lacks."""
+    missing = [name for name, value in (("TWILIO_ACCOUNT_SID", cfg.twilio_account_sid),
+                                        ("TWILIO_AUTH_TOKEN", cfg.twilio_auth_token)) if not value]
+    if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
+        missing.append("TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
+    return missing
+
+
+class Admin:
+    """GetQueueStats and SyncFromTwilio for the gRPC server."""
+
+    def __init__(self, cfg: Config, store: Store, arq: ArqRedis, gateway: Gateway) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.arq = arq
+        self.gateway = gateway
+        self._twilio: TwilioSender | None = None
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._twilio is not None:
+            await self._twilio.close()
+            self._twilio = None
+
+    async def queue_stats(self) -> sms_pb2.GetQueueStatsResponse:
+        """Counts from MongoDB (the truth about messages) and Redis (the queue and the worker's heartbeat)."""
+        t = now()
+        queued, due = await self.store.waiting()
+        retrying = sum(1 for d in due if d.get("retry_at"))
+        in_progress = len(due) - retrying
+        failed = await self.store.count_status_since(st.FAILED, t - timedelta(hours=1))
+        sent_minute = await self.store.count_sent_since(t - timedelta(minutes=1))
+        sent_hour = await self.store.count_sent_since(t - timedelta(hours=1))
+        created = [aware(d["created"]) for d in due if d.get("created")]
+        first_queued = await self.store.oldest_queued()
+        if first_queued is not None:
+            created.append(aware(first_queued))
+        oldest = min(created, default=None)
+        queue_length = int(await self.arq.zcard(self.cfg.arq_queue))
+        health = await self.arq.get(self.cfg.arq_queue + HEALTH_CHECK_SUFFIX)
+        age = Duration()
+        if oldest is not None:
+            age.FromTimedelta(max(t - oldest, timedelta(0)))
+        return sms_pb2.GetQueueStatsResponse(
+            queued=queued, in_progress=in_progress, retrying=retrying, failed_last_hour=failed,
+            sent_last_minute=sent_minute, sent_last_hour=sent_hour, oldest_queued_age=age,
+            queue_length=queue_length,
+            # The key expires one second after arq's health-check interval, so present means fresh.
+            worker_healthy=health is not None,
+            worker_health=health.decode(errors="replace") if isinstance(health, bytes) else (health or ""),
+        )
+
+    async def _client(self) -> TwilioSender:
+        async with self._lock:
+            if self._twilio is None:
+                missing = twilio_missing(self.cfg)
+                if missing:
+                    raise FailedPrecondition("SyncFromTwilio needs the server's Twilio settings: "
+                                             + ", ".join(missing), "TWILIO_NOT_CONFIGURED")
+                sender = TwilioSender(self.cfg)
+                await sender.start()
+                self._twilio = sender
+            return self._twilio
+
+    async def sync_from_twilio(self, request: sms_pb2.SyncFromTwilioRequest) -> sms_pb2.SyncFromTwilioResponse:
+        """Pages through Twilio's messages sent in [start_time, end_time] and upserts them by sid."""
+        if not request.HasField("start_time"):
+            raise InvalidArgument("start_time", "required")
+        start = request.start_time.ToDatetime(tzinfo=UTC)
+        end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else now()
+        if end <= start:
+            raise InvalidArgument("end_time", "must be after start_time")
+        twilio = await self._client()
+        try:
+            result = await sync_window(self.store, self.gateway, twilio, start, end)
+        except TwilioFailure as failure:
+            if failure.transient:
+                raise Unavailable(f"Twilio could not be read: {failure}", "TWILIO_UNAVAILABLE") from failure
+            raise FailedPrecondition(f"Twilio refused the list: {failure}", "TWILIO_REFUSED") from failure
+        return sms_pb2.SyncFromTwilioResponse(scanned=result.scanned, created=result.created,
+                                              updated=result.updated)
+

@@ -1,0 +1,56 @@
+"""Background duties of the worker: re-enqueue sends whose job is gone, and the periodic Twilio sync.
+
+Each duty runs in every worker process, but a Redis lock per tick lets only one process do the work, so N
+workers do not multiply the database scans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from arq.connections import ArqRedis
+
+from server.config import Config
+from server.send_queue import SEND_JOB
+from server.store import Store
+from server.timeutil import now
+
+log = logging.getLogger(__name__)
+
+RECONCILE_BATCH = 500
+
+
+async def reconcile_once(cfg: Config, store: Store, arq: ArqRedis) -> int:
+    """Enqueues outbound messages without a sid that nobody touched for SMS_RECONCILE_AGE_SECONDS.
+
+    The job id is the message id, so a message whose job still exists (waiting, deferred for a retry, or
+    running) is left alone by arq; only lost jobs come back. Returns how many were enqueued.
+    """
+    cutoff = now() - timedelta(seconds=cfg.reconcile_age_seconds)
+    enqueued = 0
+    for message_id in await store.stale_outbound(cutoff, RECONCILE_BATCH):
+        job = await arq.enqueue_job(SEND_JOB, message_id, _job_id=message_id, _queue_name=cfg.arq_queue)
+        if job is not None:
+            enqueued += 1
+    if enqueued:
+        log.info("reconciler re-enqueued %d message(s) whose job was gone", enqueued)
+    return enqueued
+
+
+async def every(interval: float, lock_key: str, arq: ArqRedis, duty: Callable[[], Awaitable[object]],
+                stopping: asyncio.Event) -> None:
+    """Runs `duty` every `interval` seconds in one worker of many (a Redis lock per tick) until `stopping`."""
+    name = getattr(duty, "__name__", lock_key)
+    while not stopping.is_set():
+        try:
+            # The lock lives a little less than the interval, so the next tick can take it again.
+            if await arq.set(lock_key, b"1", px=max(int(interval * 900), 1), nx=True):
+                await duty()
+        except Exception:
+            log.exception("background duty %s failed; next try in %.0f s", name, interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
