@@ -264,6 +264,9 @@ class TwilioSimulator:
             self._stats["rest_requests"] += 1
             latency = self._rules.latency_ms
             if latency:
+                # Read the body first: like Twilio, a request that arrived is processed even when the
+                # client gives up (a worker killed or timed out mid-request) before the answer.
+                await request.read()
                 await asyncio.sleep(latency / 1000)
             denied = self._check_auth(request)
             if denied is not None:

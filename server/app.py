@@ -141,10 +141,9 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)
         gateway = Gateway(cfg, res.store, events, SendQueue(res.arq, cfg.arq_queue))
         hub = build_hub(cfg, res)
+        admin = build_admin(cfg, res, gateway)
         server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
-        sms_pb2_grpc.add_SmsServiceServicer_to_server(
-            SmsServicer(cfg, gateway, hub, build_admin(cfg, res, gateway)), server
-        )
+        sms_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(cfg, gateway, hub, admin), server)
         ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(IngestServicer(gateway, cfg.jwt_secret), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -171,6 +170,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
             await hub.close()
         await server.stop(cfg.drain_seconds)
         await watcher
+        if admin is not None:
+            await admin.close()
     log.info("server stopped")
 
 

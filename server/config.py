@@ -104,7 +104,8 @@ class Config:
     twilio_from_number: str = ""
     twilio_messaging_service_sid: str = ""
     twilio_api_base_url: str | None = None
-    public_base_url: str = "http://127.0.0.1:8088"
+    # Required by the worker (StatusCallback) and the bridge (signatures); no default could be right.
+    public_base_url: str = ""
 
     # Webhook bridge.
     bridge_addr: str = "127.0.0.1:8088"
@@ -165,7 +166,7 @@ class Config:
             twilio_from_number=e.get("TWILIO_FROM_NUMBER", ""),
             twilio_messaging_service_sid=e.get("TWILIO_MESSAGING_SERVICE_SID", ""),
             twilio_api_base_url=e.get("TWILIO_API_BASE_URL") or None,
-            public_base_url=(e.get("SMS_PUBLIC_BASE_URL") or cls.public_base_url).rstrip("/"),
+            public_base_url=e.get("SMS_PUBLIC_BASE_URL", "").strip().rstrip("/"),
             bridge_addr=e.get("SMS_BRIDGE_ADDR") or cls.bridge_addr,
             grpc_target=e.get("SMS_GRPC_TARGET") or grpc_addr,
             webhook_verify=_bool(e, "SMS_WEBHOOK_VERIFY", cls.webhook_verify),
