@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +18,14 @@ from server import paging
 from server import status as st
 from server.auth import Caller
 from server.config import Config
-from server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from server.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from server.events import EventLog
 from server.phone import normalise_lenient, to_e164
 from server.send_queue import SendQueue
@@ -33,6 +40,9 @@ OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "Q
 OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
 UNSUBSCRIBED_CODE = 21610
 _STATUS_RETRIES = 8
+# A stored message still `pending` this long after its insert was abandoned half-way (every caller's
+# deadline is far shorter), so a replay or the reconciler may finish it.
+PENDING_GRACE = timedelta(seconds=30)
 
 
 def opt_keyword(body: str) -> bool | None:
@@ -122,7 +132,7 @@ class Gateway:
         if request_key:
             earlier = await self.store.find_by_request(request_key)
             if earlier is not None:
-                return self._same_request(earlier, fingerprint), True
+                return await self._same_request(earlier, fingerprint), True
         conv = await self._conversation_to_send(caller, req)
         t = now()
         doc: Doc = {
@@ -139,6 +149,7 @@ class Gateway:
             "contact_id": req.contact_id or conv.get("contact_id", ""),
             "attempts": 0,
             "fingerprint": fingerprint,
+            "pending": t,
             "created": t,
             "updated": t,
         }
@@ -152,18 +163,47 @@ class Gateway:
             earlier = await self.store.find_by_request(request_key)
             if earlier is None:
                 raise
-            return self._same_request(earlier, fingerprint), True
-        await self.store.count_message(conv["_id"], doc, unread=False, extra={})
-        await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
-        await self._conversation_changed(conv["_id"])
-        await self.queue.enqueue(str(doc["_id"]))
+            return await self._same_request(earlier, fingerprint), True
+        await self.finish(doc)
         return doc, False
 
-    @staticmethod
-    def _same_request(earlier: Doc, fingerprint: str) -> Doc:
+    async def _same_request(self, earlier: Doc, fingerprint: str) -> Doc:
         if earlier.get("fingerprint") != fingerprint:
             raise AlreadyExists("request_id was already used with a different payload", "REQUEST_ID_REUSED")
-        return earlier
+        return await self._replayed(earlier)
+
+    # What follows storing a new message
+
+    async def finish(self, doc: Doc) -> None:
+        """The effects of a newly stored message: counts, opt-out, events, and for outbound the send job.
+
+        The message is inserted with `pending` set and it is cleared only after all of these, so a crash or a
+        store error in between is repaired by a replay of the same request or by the worker's reconciler.
+        """
+        inbound = doc["direction"] == "inbound"
+        opt = opt_keyword(doc.get("body", "")) if inbound else None
+        extra = {} if opt is None else {"opted_out": opt}
+        await self.store.count_message(doc["conversation_id"], doc, unread=inbound, extra=extra)
+        await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
+        await self._conversation_changed(doc["conversation_id"])
+        if not inbound:
+            await self.queue.enqueue(str(doc["_id"]))
+        await self.store.clear_pending(doc["_id"])
+        doc.pop("pending", None)
+
+    async def _replayed(self, doc: Doc) -> Doc:
+        """A repeat of a stored message; finishes it first when its first delivery died half-way."""
+        since = doc.get("pending")
+        # A young marker means the first delivery may still be running; should it die, the reconciler finishes.
+        if since is not None and now() - since >= PENDING_GRACE:
+            await self.resume_pending(doc)
+        return doc
+
+    async def resume_pending(self, doc: Doc) -> None:
+        """Finishes a message abandoned half-way (see `finish`), unless another replica just took it over."""
+        if await self.store.claim_pending(doc["_id"], doc["pending"]):
+            log.warning("finishing message %s whose first delivery stopped half-way", doc["_id"])
+            await self.finish(doc)
 
     async def _conversation_to_send(self, caller: Caller, req: SendInput) -> Doc:
         cid = conversation_id(self.cfg.our_number, req.to)
@@ -245,9 +285,6 @@ class Gateway:
             raise InvalidArgument("message_sid", "required")
         if not from_raw or not to_raw:
             raise InvalidArgument("from_number" if not from_raw else "to_number", "required")
-        existing = await self.store.find_by_sid(sid)
-        if existing is not None:
-            return existing, True
         contact = normalise_lenient(from_raw, self.cfg.default_region)
         ours = normalise_lenient(to_raw, self.cfg.default_region)
         cid = conversation_id(ours, contact)
@@ -264,20 +301,17 @@ class Gateway:
             "media": media, "status": st.RECEIVED,
             "status_history": [{"status": st.RECEIVED, "time": at, "applied": True}],
             "twilio_sid": sid, "owner": conv["owner"], "contact_id": conv.get("contact_id", ""),
-            "segments": segments, "params": params, "attempts": 0, "created": t, "updated": t,
+            "segments": segments, "params": params, "attempts": 0, "pending": t, "created": t, "updated": t,
         }
         try:
+            # Insert first: the unique sid index is the dedupe, and new messages (the common case) save a read.
             await self.store.insert_message(doc)
         except DuplicateKeyError:
             earlier = await self.store.find_by_sid(sid)
             if earlier is None:
                 raise
-            return earlier, True
-        opt = opt_keyword(body)
-        extra = {} if opt is None else {"opted_out": opt}
-        await self.store.count_message(cid, doc, unread=True, extra=extra)
-        await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
-        await self._conversation_changed(cid)
+            return await self._replayed(earlier), True
+        await self.finish(doc)
         return doc, False
 
     # Status

@@ -15,8 +15,8 @@ from datetime import timedelta
 from arq.connections import ArqRedis
 
 from server.config import Config
+from server.gateway import PENDING_GRACE, Gateway
 from server.send_queue import SEND_JOB
-from server.store import Store
 from server.timeutil import now
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,17 @@ log = logging.getLogger(__name__)
 RECONCILE_BATCH = 500
 
 
-async def reconcile_once(cfg: Config, store: Store, arq: ArqRedis) -> int:
-    """Enqueues outbound messages without a sid that nobody touched for SMS_RECONCILE_AGE_SECONDS.
+async def reconcile_once(cfg: Config, gateway: Gateway, arq: ArqRedis) -> int:
+    """Finishes messages whose effects were abandoned half-way, then re-enqueues lost sends.
 
-    The job id is the message id, so a message whose job still exists (waiting, deferred for a retry, or
-    running) is left alone by arq; only lost jobs come back. Returns how many were enqueued.
+    A message is re-enqueued when it has no sid and nobody touched it for SMS_RECONCILE_AGE_SECONDS. The job
+    id is the message id, so a message whose job still exists (waiting, deferred for a retry, or running) is
+    left alone by arq; only lost jobs come back. Returns how many were enqueued.
     """
+    store = gateway.store
+    abandoned = await store.stale_pending(now() - PENDING_GRACE, RECONCILE_BATCH)
+    for doc in abandoned:
+        await gateway.resume_pending(doc)
     cutoff = now() - timedelta(seconds=cfg.reconcile_age_seconds)
     enqueued = 0
     for message_id in await store.stale_outbound(cutoff, RECONCILE_BATCH):

@@ -73,6 +73,11 @@ class Store:
         # webhook grows with the collection. Both fields are absent (never null) until they have a value.
         await self.messages.create_index("twilio_sid", name="twilio_sid_sparse", unique=True, sparse=True)
         await self.messages.create_index("request_key", name="request_key_sparse", unique=True, sparse=True)
+        await self.messages.create_index("pending", name="pending_sparse", sparse=True)
+        # The worker, the reconciler and GetQueueStats (see "Sending" below).
+        await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
+        await self.messages.create_index("sent_at")
+        await self.messages.create_index("send_due")
         await self.messages.create_index([("status", ASCENDING), ("created", ASCENDING)])
         await self.conversations.create_index([("owner", ASCENDING), ("last_message_at", DESCENDING),
                                                ("_id", DESCENDING)])
@@ -152,6 +157,19 @@ class Store:
         doc["_id"] = result.inserted_id
         return doc
 
+    async def clear_pending(self, oid: ObjectId) -> None:
+        """Marks a new message's effects (counts, events, job) as done."""
+        await self.messages.update_one({"_id": oid}, {"$unset": {"pending": ""}})
+
+    async def claim_pending(self, oid: ObjectId, since: datetime) -> bool:
+        """Takes over finishing an abandoned message; only one claimer wins per abandoned attempt."""
+        result = await self.messages.update_one({"_id": oid, "pending": since}, {"$set": {"pending": now()}})
+        return result.modified_count == 1
+
+    async def stale_pending(self, before: datetime, limit: int) -> list[Doc]:
+        """Messages whose effects were abandoned half-way before `before`."""
+        return await self.messages.find({"pending": {"$lt": before}}).limit(limit).to_list()
+
     async def get_message(self, message_id: str) -> Doc | None:
         oid = message_oid(message_id)
         return None if oid is None else await self.messages.find_one({"_id": oid})
@@ -188,12 +206,6 @@ class Store:
     #
     # SecantusDB uses an index only when it covers every field of the filter (no $in, no partial indexes), so
     # these queries filter on indexed fields alone and refine in Python; `send_due` exists to be indexed.
-
-    async def ensure_sending_indexes(self) -> None:
-        """Indexes for the worker, the reconciler and GetQueueStats; each query below uses one of them."""
-        await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
-        await self.messages.create_index("sent_at")
-        await self.messages.create_index("send_due")
 
     async def set_send_state(self, oid: ObjectId, fields: Doc) -> Doc | None:
         """Writes worker bookkeeping (in-flight marker, retry time, last error) that is not a status change."""

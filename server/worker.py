@@ -92,7 +92,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["stack"] = stack
     res = await stack.enter_async_context(open_resources(cfg))
     await res.store.ensure_indexes()
-    await res.store.ensure_sending_indexes()
     events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)
     gateway = Gateway(cfg, res.store, events, SendQueue(res.arq, cfg.arq_queue))
     twilio = TwilioSender(cfg)
@@ -104,7 +103,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["stopping"] = stopping
     tasks = [asyncio.create_task(every(
         cfg.reconcile_interval_seconds, cfg.arq_queue + ":reconcile-lock", res.arq,
-        lambda: reconcile_once(cfg, res.store, res.arq), stopping,
+        lambda: reconcile_once(cfg, gateway, res.arq), stopping,
     ))]
     if cfg.sync_interval_seconds > 0:
         window = max(timedelta(seconds=cfg.sync_interval_seconds * SYNC_LOOKBACK_INTERVALS), SYNC_MIN_WINDOW)

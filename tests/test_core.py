@@ -439,3 +439,37 @@ async def test_idempotency_key_belongs_to_the_sender_not_the_owner(sms: sms_pb2_
     assert again.duplicate and again.message.id == first.message.id
     assert not (await send(sms, agent, number, "agent reuses the key", request_id=key)).duplicate
     assert await db.messages.count_documents({"to": number}) == 3
+
+
+async def test_replay_finishes_an_inbound_abandoned_half_way(ingest: ingest_pb2_grpc.SmsIngestServiceStub,
+                                                             db: Any, base_env: dict[str, str]) -> None:
+    """A server that died after storing a STOP but before applying it: Twilio's retry applies it, once."""
+    from datetime import UTC, datetime, timedelta
+
+    from redis.asyncio import Redis
+
+    number = unique_number()
+    first = (await inbound(ingest, number, "hello")).message
+    sid, long_ago = f"SM{uuid.uuid4().hex}", datetime.now(UTC) - timedelta(minutes=5)
+    await db.messages.insert_one({
+        "conversation_id": first.conversation_id, "direction": "inbound", "from": number, "to": OUR_NUMBER,
+        "body": "STOP", "media": [], "status": "received", "owner": "inbox-owner", "twilio_sid": sid,
+        "status_history": [{"status": "received", "time": long_ago, "applied": True}], "attempts": 0,
+        "pending": long_ago, "created": long_ago, "updated": long_ago,
+    })
+    replay = await inbound(ingest, number, "STOP", sid=sid)
+    assert replay.duplicate
+    conv = await db.conversations.find_one({"_id": first.conversation_id})
+    assert conv["opted_out"] is True and conv["unread_count"] == 2 and conv["message_count"] == 2
+    assert "pending" not in await db.messages.find_one({"twilio_sid": sid})
+    redis = Redis.from_url(base_env["REDIS_URL"])
+    try:
+        events = await redis.xrevrange("sms:events", count=50)
+    finally:
+        await redis.aclose()
+    created = [f for _, f in events if f[b"conversation_id"].decode() == first.conversation_id]
+    assert any(replay.message.id.encode() in f[b"data"] for f in created)
+    again = await inbound(ingest, number, "STOP", sid=sid)
+    assert again.duplicate
+    assert (await db.conversations.find_one({"_id": first.conversation_id}))["unread_count"] == 2
+

@@ -436,12 +436,22 @@ async def test_reconciler_and_periodic_sync(stack: Stack, sms: sms_pb2_grpc.SmsS
     # What a Redis failure after the insert leaves: the message stored, no job for it.
     assert await stack.redis.zrem(stack.queue, orphan) == 1
     await stack.redis.delete(f"arq:job:{orphan}")
+    # What a server crash right after the insert leaves: `pending` set (long ago), the count not applied.
+    from bson import ObjectId
+
+    stored = await stack.db.messages.find_one({"_id": ObjectId(orphan)})
+    await stack.db.messages.update_one({"_id": ObjectId(orphan)},
+                                       {"$set": {"pending": datetime.now(UTC) - timedelta(minutes=5)}})
+    await stack.db.conversations.update_one({"_id": stored["conversation_id"]}, {"$inc": {"message_count": -1}})
     contact = unique_number()
     injected = await stack.sim("POST", "/_sim/inbound", json={"from": contact, "body": "synced later",
                                                                "deliver": False})
     await stack.start_worker(SMS_RECONCILE_AGE_SECONDS="1", SMS_SYNC_INTERVAL_SECONDS="1")
     doc = await stack.final(orphan, {"sent", "delivered"})
     assert doc["attempts"] == 1 and len(await stack.creates_to(to)) == 1
+    assert "pending" not in doc
+    conv = await stack.db.conversations.find_one({"_id": stored["conversation_id"]})
+    assert conv["message_count"] == 1
 
     async def synced() -> Doc | None:
         found = await stack.db.messages.find_one({"twilio_sid": injected["sid"]})
