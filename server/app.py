@@ -136,6 +136,9 @@ def build_admin(cfg: Config, res: Resources, gateway: Gateway) -> Any:
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls and returns."""
     cfg.require("SMS_JWT_SECRET")
+    if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
+        log.warning("neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set: outbound conversations "
+                    "are filed under %r and will not meet the replies to them", cfg.our_number)
     async with open_resources(cfg) as res:
         await res.store.ensure_indexes()
         events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)

@@ -98,6 +98,8 @@ class Gateway:
         self.store = store
         self.events = events
         self.queue = queue
+        # Our side of every conversation, normalised once so outbound and inbound name the same conversation.
+        self.our_number = normalise_lenient(cfg.our_number, cfg.default_region)
 
     # Access
 
@@ -118,7 +120,12 @@ class Gateway:
         if not message_id:
             raise InvalidArgument("message_id", "required")
         doc = await self.store.get_message(message_id)
-        if doc is None or not (caller.sees_all or doc.get("owner") == caller.user_id):
+        if doc is not None and not caller.sees_all:
+            # Access follows the conversation, the one owner record (a message's copy can lag a claim).
+            conv = await self.store.get_conversation(doc["conversation_id"])
+            if conv is None or not self._may_see(caller, conv):
+                doc = None
+        if doc is None:
             raise NotFound(f"message {message_id} not found", "MESSAGE_NOT_FOUND")
         return doc
 
@@ -138,7 +145,7 @@ class Gateway:
         doc: Doc = {
             "conversation_id": conv["_id"],
             "direction": "outbound",
-            "from": self.cfg.our_number,
+            "from": self.our_number,
             "to": req.to,
             "body": req.body,
             "media": [{"url": u, "content_type": ""} for u in req.media_urls],
@@ -206,12 +213,12 @@ class Gateway:
             await self.finish(doc)
 
     async def _conversation_to_send(self, caller: Caller, req: SendInput) -> Doc:
-        cid = conversation_id(self.cfg.our_number, req.to)
+        cid = conversation_id(self.our_number, req.to)
         conv = await self.store.get_conversation(cid)
         if conv is None:
             t = now()
             conv = await self.store.create_conversation({
-                "_id": cid, "our_number": self.cfg.our_number, "contact_number": req.to,
+                "_id": cid, "our_number": self.our_number, "contact_number": req.to,
                 "contact_id": req.contact_id, "owner": caller.user_id, "last_message_preview": "",
                 "last_message_at": t, "last_message_direction": "", "unread_count": 0, "message_count": 0,
                 "opted_out": False, "created": t, "updated": t,
@@ -278,8 +285,8 @@ class Gateway:
     # Inbound
 
     async def record_inbound(self, sid: str, from_raw: str, to_raw: str, body: str, media: list[Doc],
-                             segments: int, params: dict[str, str], received: datetime | None
-                             ) -> tuple[Doc, bool]:
+                             segments: int, params: dict[str, str], received: datetime | None,
+                             messaging_service_sid: str = "") -> tuple[Doc, bool]:
         """Stores an inbound message once per sid; returns it and whether it was a replay."""
         if not sid:
             raise InvalidArgument("message_sid", "required")
@@ -287,10 +294,11 @@ class Gateway:
             raise InvalidArgument("from_number" if not from_raw else "to_number", "required")
         contact = normalise_lenient(from_raw, self.cfg.default_region)
         ours = normalise_lenient(to_raw, self.cfg.default_region)
-        cid = conversation_id(ours, contact)
+        side = self._our_side(ours, messaging_service_sid)
+        cid = conversation_id(side, contact)
         t = now()
         conv = await self.store.get_conversation(cid) or await self.store.create_conversation({
-            "_id": cid, "our_number": ours, "contact_number": contact, "contact_id": "",
+            "_id": cid, "our_number": side, "contact_number": contact, "contact_id": "",
             "owner": self.cfg.default_owner, "last_message_preview": "", "last_message_at": t,
             "last_message_direction": "", "unread_count": 0, "message_count": 0, "opted_out": False,
             "created": t, "updated": t,
@@ -313,6 +321,17 @@ class Gateway:
             return await self._replayed(earlier), True
         await self.finish(doc)
         return doc, False
+
+    def _our_side(self, to_number: str, messaging_service_sid: str) -> str:
+        """Which of our senders an inbound message reached, named as Send names it.
+
+        Sending through a Messaging Service names our side by the service's sid (Twilio picks the number),
+        and Twilio tags inbound to the service's numbers with that sid, so both land in one conversation.
+        """
+        service = self.cfg.twilio_messaging_service_sid
+        if service and not self.cfg.twilio_from_number and messaging_service_sid == service:
+            return service
+        return to_number
 
     # Status
 

@@ -473,3 +473,33 @@ async def test_replay_finishes_an_inbound_abandoned_half_way(ingest: ingest_pb2_
     assert again.duplicate
     assert (await db.conversations.find_one({"_id": first.conversation_id}))["unread_count"] == 2
 
+
+
+async def test_replies_land_in_the_conversation_of_the_send(sms: sms_pb2_grpc.SmsServiceStub,
+                                                             ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+    user, number = unique_user(), unique_number()
+    sent = (await send(sms, user, number, "question?")).message
+    national = f"({number[2:5]}) {number[5:8]}-{number[8:]}"
+    reply = await ingest.RecordInbound(ingest_pb2.RecordInboundRequest(
+        message_sid=f"SM{uuid.uuid4().hex}", from_number=national, to_number="500-555-0006", body="answer"),
+        metadata=SERVICE)
+    assert reply.message.conversation_id == sent.conversation_id
+    assert reply.message.owner == user
+
+
+async def test_messaging_service_conversations_meet_their_replies(base_env: dict[str, str]) -> None:
+    from tests.procs import start_server
+
+    service_sid = "MG" + "1" * 32
+    env = {k: v for k, v in base_env.items() if k != "TWILIO_FROM_NUMBER"}
+    proc, addr = start_server({**env, "TWILIO_MESSAGING_SERVICE_SID": service_sid})
+    try:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            user, number = unique_user(), unique_number()
+            sent = (await send(sms_pb2_grpc.SmsServiceStub(ch), user, number, "via the service")).message
+            reply = await ingest_pb2_grpc.SmsIngestServiceStub(ch).RecordInbound(ingest_pb2.RecordInboundRequest(
+                message_sid=f"SM{uuid.uuid4().hex}", from_number=number, to_number="+15005550009",
+                messaging_service_sid=service_sid, body="reply"), metadata=SERVICE)
+            assert reply.message.conversation_id == sent.conversation_id
+    finally:
+        proc.stop()
