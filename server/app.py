@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 import grpc
 from arq import create_pool
@@ -19,10 +19,12 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc
 
+from server.admin import Admin
 from server.config import Config
 from server.embedded import EmbeddedServer, start_mongo, start_redis
 from server.events import EventLog
 from server.gateway import Gateway
+from server.hub import Hub
 from server.ingest import IngestServicer
 from server.send_queue import SendQueue
 from server.service import SmsServicer
@@ -115,24 +117,6 @@ async def watch_health(health: HealthServicer, res: Resources, stopping: asyncio
             await asyncio.wait_for(stopping.wait(), HEALTH_PROBE_SECONDS)
 
 
-def build_hub(cfg: Config, res: Resources) -> Any:
-    """Subscribe's fan-out hub, when the module is present."""
-    try:
-        from server.hub import Hub
-    except ImportError:
-        return None
-    return Hub(cfg, res.redis)
-
-
-def build_admin(cfg: Config, res: Resources, gateway: Gateway) -> Any:
-    """Queue stats and Twilio sync, when the module is present."""
-    try:
-        from server.admin import Admin
-    except ImportError:
-        return None
-    return Admin(cfg, res.store, res.arq, gateway)
-
-
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls and returns."""
     cfg.require("SMS_JWT_SECRET")
@@ -143,8 +127,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         await res.store.ensure_indexes()
         events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)
         gateway = Gateway(cfg, res.store, events, SendQueue(res.arq, cfg.arq_queue))
-        hub = build_hub(cfg, res)
-        admin = build_admin(cfg, res, gateway)
+        hub = Hub(cfg, res.redis)
+        admin = Admin(cfg, res.store, res.arq, gateway)
         server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
         sms_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(cfg, gateway, hub, admin), server)
         ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(IngestServicer(gateway, cfg.jwt_secret), server)
@@ -156,8 +140,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         )
         server.add_insecure_port(cfg.grpc_addr)
         await server.start()
-        if hub is not None:
-            await hub.start()
+        await hub.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -169,12 +152,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         await stopping.wait()
         log.info("shutting down: NOT_SERVING, ending streams, draining calls for up to %.0f s", cfg.drain_seconds)
         await health.enter_graceful_shutdown()
-        if hub is not None:
-            await hub.close()
+        await hub.close()
         await server.stop(cfg.drain_seconds)
         await watcher
-        if admin is not None:
-            await admin.close()
+        await admin.close()
     log.info("server stopped")
 
 

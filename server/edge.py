@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -29,6 +29,23 @@ def unary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except DomainError as exc:
             await context.abort_with_status(to_status(exc))
             raise  # abort_with_status raises; this keeps type checkers sure we never fall through
+
+    return wrapper
+
+
+StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]
+
+
+def streaming(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+    """The same mapping for a server-streaming handler, wherever in the stream the error is raised."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
+        try:
+            async for response in handler(self, request, context):
+                yield response
+        except DomainError as exc:
+            await context.abort_with_status(to_status(exc))
 
     return wrapper
 

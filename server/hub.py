@@ -270,7 +270,7 @@ class Hub:
         owner = None if caller.sees_all and (request.all_owners or narrowed) else caller.user_id
         return Subscriber(owner, request.conversation_id, self.cfg.subscriber_queue_size)
 
-    async def subscribe(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> AsyncIterator[Response]:
+    async def subscribe(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> AsyncGenerator[Response, None]:
         """Replays after the resume token, then streams live events, resyncs and heartbeats."""
         token: EventId | None = None
         if request.resume_token:

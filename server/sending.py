@@ -183,9 +183,10 @@ class Sending:
         media_count = len(doc.get("media", []))
         candidates: list[TwilioMessage] = []
         async for m in self.twilio.messages(
+            # No DateSent filter: a message Twilio still queues (long codes send 1 segment/s) has no date_sent
+            # and could be left out by one, and then sent twice. Newest first, cut off by creation below.
             to=doc["to"], from_=self.cfg.twilio_from_number or None,
-            # By day: Twilio documents DateSent filters as dates; an unsent message counts by its creation.
-            sent_after=cutoff.date().isoformat(), page_size=SETTLE_PAGE_SIZE, max_pages=SETTLE_PAGES,
+            page_size=SETTLE_PAGE_SIZE, max_pages=SETTLE_PAGES,
         ):
             if not m.direction.startswith("outbound") or m.body != doc.get("body", ""):
                 continue

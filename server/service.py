@@ -9,22 +9,22 @@ from typing import Any
 import grpc
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
+from server.admin import Admin
 from server.auth import Role
 from server.config import Config
 from server.convert import conversation_to_proto, message_to_proto
-from server.edge import authenticate, unary
-from server.errors import DomainError, Unavailable, to_status
+from server.edge import authenticate, streaming, unary
 from server.gateway import Gateway, validate_send
+from server.hub import Hub
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
-    def __init__(self, cfg: Config, gateway: Gateway, hub: Any = None, admin: Any = None) -> None:
+    def __init__(self, cfg: Config, gateway: Gateway, hub: Hub, admin: Admin) -> None:
         self.cfg = cfg
         self.gateway = gateway
         self.secret = cfg.jwt_secret
-        # Subscribe's fan-out hub and the admin operations (queue stats, sync) live in their own modules.
         self.hub = hub
         self.admin = admin
 
@@ -80,36 +80,30 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
         doc = await self.gateway.mark_read(caller, request.conversation_id)
         return sms_pb2.MarkConversationReadResponse(conversation=conversation_to_proto(doc))
 
+    @streaming
     async def Subscribe(
         self, request: sms_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[sms_pb2.SubscribeResponse]:
         """Events the caller may see; all_owners is honoured for admin/service and ignored for agents."""
-        try:
-            caller = authenticate(self.secret, context)
-            if self.hub is None:
-                raise Unavailable("Subscribe is not available on this server", "SUBSCRIBE_UNAVAILABLE")
-            if request.conversation_id:
-                # NOT_FOUND for a conversation the caller may not see, as GetConversation answers.
-                await self.gateway.conversation_for(caller, request.conversation_id)
-            # aclosing: on cancellation the hub's finally (unregistering) runs now, not at garbage collection.
-            async with contextlib.aclosing(self.hub.subscribe(caller, request)) as stream:
-                async for response in stream:
-                    yield response
-        except DomainError as exc:
-            await context.abort_with_status(to_status(exc))
+        caller = authenticate(self.secret, context)
+        if request.conversation_id:
+            # NOT_FOUND for a conversation the caller may not see, as GetConversation answers.
+            await self.gateway.conversation_for(caller, request.conversation_id)
+        # aclosing: on cancellation the hub's finally (unregistering) runs now, not at garbage collection.
+        async with contextlib.aclosing(self.hub.subscribe(caller, request)) as stream:
+            async for response in stream:
+                yield response
 
     @unary
     async def GetQueueStats(
         self, request: sms_pb2.GetQueueStatsRequest, context: Context
     ) -> sms_pb2.GetQueueStatsResponse:
         authenticate(self.secret, context, Role.ADMIN)
-        stats: sms_pb2.GetQueueStatsResponse = await self.admin.queue_stats()
-        return stats
+        return await self.admin.queue_stats()
 
     @unary
     async def SyncFromTwilio(
         self, request: sms_pb2.SyncFromTwilioRequest, context: Context
     ) -> sms_pb2.SyncFromTwilioResponse:
         authenticate(self.secret, context, Role.ADMIN)
-        result: sms_pb2.SyncFromTwilioResponse = await self.admin.sync_from_twilio(request)
-        return result
+        return await self.admin.sync_from_twilio(request)
