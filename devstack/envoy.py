@@ -13,6 +13,8 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
+from server.config import split_addr
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).resolve().parent / "envoy.yaml.template"
 DIST_DIR = ROOT / "clients" / "web" / "dist"
@@ -56,14 +58,6 @@ class EnvoyPorts:
     web_addr: str
     grpc_addr: str
     admin_port: int
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    """'host:port' → (host, port); IPv6 hosts may be bracketed."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address {addr!r} is not host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _as_ip(host: str) -> str:

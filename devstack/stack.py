@@ -23,9 +23,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, TextIO
 
-from devstack.envoy import DIST_DIR, EnvoyPorts, dist_fingerprint, envoy_command, render, split_addr
+from devstack.envoy import DIST_DIR, EnvoyPorts, dist_fingerprint, envoy_command, render
 from server.auth import mint_token
-from server.config import Config
+from server.config import Config, split_addr
 from server.embedded import free_port, mongo_command, mongo_uri, redis_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -729,7 +729,8 @@ def stack_info(s: Settings, sup: Supervisor) -> dict[str, Any]:
         "twilio": {
             "simulated": s.simulated_twilio,
             "account_sid": s.twilio_account_sid,
-            "auth_token": s.twilio_auth_token,
+            # The simulator's token is a local test credential; a real account's token stays in the environment.
+            "auth_token": s.twilio_auth_token if s.simulated_twilio else None,
             "from_number": s.twilio_from_number,
             "api_base_url": s.twilio_api_base_url,
         },

@@ -82,7 +82,7 @@ from devstack.simulator_shapes import (
     rfc2822,
 )
 from devstack.simulator_webhooks import WebhookPoster, new_idempotency_token
-from server.config import Config
+from server.config import Config, split_addr
 
 log = logging.getLogger("devstack.twilio_simulator")
 
@@ -810,14 +810,6 @@ def _require_loopback(host: str) -> None:
         raise ValueError(f"the Twilio simulator only listens on loopback addresses, not {host!r}")
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
-    """Splits `host:port` (IPv6 hosts in brackets)."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"SMS_SIMULATOR_ADDR must be host:port, got {addr!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 SIMULATOR_KEY = web.AppKey("simulator", TwilioSimulator)
 
 
@@ -827,7 +819,7 @@ def make_app(cfg: Config, rules: Rules | None = None) -> web.Application:
 
 
 async def _serve(cfg: Config, rules: Rules) -> None:
-    host, port = parse_addr(cfg.simulator_addr)
+    host, port = split_addr(cfg.simulator_addr, "SMS_SIMULATOR_ADDR")
     simulator = TwilioSimulator(cfg, rules)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -850,7 +842,7 @@ async def _serve(cfg: Config, rules: Rules) -> None:
 def run(cfg: Config) -> int:
     """Runs the simulator until SIGTERM/SIGINT; returns the exit code."""
     try:
-        _require_loopback(parse_addr(cfg.simulator_addr)[0])
+        _require_loopback(split_addr(cfg.simulator_addr, "SMS_SIMULATOR_ADDR")[0])
         rules = load_rules(cfg.simulator_rules)
     except (ValueError, RulesError) as exc:
         log.error("twilio-simulator: %s", exc)

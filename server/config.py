@@ -62,6 +62,14 @@ def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tu
     return values
 
 
+def split_addr(addr: str, setting: str = "address") -> tuple[str, int]:
+    """(host, port) of a "host:port" setting; IPv6 hosts may be bracketed. ConfigError names `setting`."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{setting} must be host:port, got {addr!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of every sms-gateway process; see the README's configuration table."""
@@ -95,7 +103,8 @@ class Config:
     job_timeout_seconds: int = 30
     reconcile_age_seconds: float = 60.0
     reconcile_interval_seconds: float = 15.0
-    sync_interval_seconds: float = 0.0
+    # The safety net for webhooks that never arrived (inbound Twilio gave up on, callbacks lost).
+    sync_interval_seconds: float = 300.0
     health_check_interval_seconds: int = 5
 
     # Twilio.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "sms-gateway"
@@ -93,5 +93,3 @@ def error_reason(exc: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
             return str(info.reason)
     return None
 
-
-__all__ = ["DomainError", "code_pb2", "error_reason", "to_status"]

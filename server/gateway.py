@@ -358,15 +358,12 @@ class Gateway:
         with the change whether or not it moves the status (the worker's sid, price, segments).
         """
         for _ in range(_STATUS_RETRIES):
-            if any(h["status"] == new for h in doc.get("status_history", [])) and not set_fields:
+            # A status already in the history is a repeat: it moves nothing and is not recorded again.
+            repeat = any(h["status"] == new for h in doc.get("status_history", []))
+            if repeat and not set_fields:
                 return doc, False
             current = doc["status"]
-            applied = st.moves(current, new)
-            entry: Doc = {"status": new, "time": at or now(), "applied": applied}
-            if error_code:
-                entry["error_code"] = error_code
-            if error_message:
-                entry["error_message"] = error_message
+            applied = not repeat and st.moves(current, new)
             fields: Doc = dict(set_fields or {})
             if applied:
                 fields["status"] = new
@@ -374,15 +371,19 @@ class Gateway:
                     fields["error_code"] = error_code
                     fields["error_message"] = error_message
             update: Doc = {"$set": fields}
-            duplicate = any(h["status"] == new for h in doc.get("status_history", []))
-            if not duplicate:
+            expect: Doc = {"status": current}
+            if not repeat:
+                entry: Doc = {"status": new, "time": at or now(), "applied": applied}
+                if error_code:
+                    entry["error_code"] = error_code
+                if error_message:
+                    entry["error_message"] = error_message
                 update["$push"] = {"status_history": entry}
-            expect: Doc = {"status": current, "status_history.status": {"$ne": new}} if not duplicate \
-                else {"status": current}
+                expect["status_history.status"] = {"$ne": new}
             updated = await self.store.update_message(doc["_id"], expect, update)
             if updated is not None:
                 await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, updated)
-                return updated, applied and not duplicate
+                return updated, applied
             fresh = await self.store.get_message(str(doc["_id"]))
             if fresh is None:
                 raise NotFound(f"message {doc['_id']} vanished", "MESSAGE_NOT_FOUND")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -34,10 +33,6 @@ from server.auth import Role, verify_token
 from server.embedded import free_port
 from tests.devstack import DevStack, clean_env, dev_stack, pid_alive
 from tests.procs import ROOT, Proc
-
-STACK_MODULES = ("server.app", "server.worker", "webhook_bridge.app", "devstack.twilio_simulator")
-MISSING = [m for m in STACK_MODULES if importlib.util.find_spec(m) is None]
-needs_stack = pytest.mark.skipif(bool(MISSING), reason=f"not written yet: {', '.join(MISSING)}")
 
 
 def wait_until(condition: object, timeout: float, what: str) -> None:
@@ -344,8 +339,6 @@ def test_generated_secrets_persist_and_are_private(tmp_path: Path) -> None:
 # The whole stack ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack() -> Iterator[DevStack]:
-    if MISSING:
-        pytest.skip(f"not written yet: {', '.join(MISSING)}")
     with dev_stack() as s:
         yield s
 
@@ -360,7 +353,6 @@ def http_status(url: str) -> int:
         return 0
 
 
-@needs_stack
 def test_dev_json_has_every_field(stack: DevStack) -> None:
     info = stack.info
     assert info["data_dir"] == str(stack.data_dir.resolve())
@@ -381,7 +373,6 @@ def test_dev_json_has_every_field(stack: DevStack) -> None:
     assert info["twilio"]["auth_token"] not in stack.log()
 
 
-@needs_stack
 def test_every_component_answers_its_health_check(stack: DevStack) -> None:
     with grpc.insecure_channel(stack.grpc_target) as channel:
         resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -398,7 +389,6 @@ def test_every_component_answers_its_health_check(stack: DevStack) -> None:
     assert http_status(f"{stack.info['urls']['envoy_admin']}/ready") == 200
 
 
-@needs_stack
 async def test_grpc_web_through_envoy_with_a_demo_token(stack: DevStack) -> None:
     request = sms_pb2.ListConversationsRequest(page_size=5).SerializeToString()
     messages, trailers = await grpc_web_call(
@@ -411,7 +401,6 @@ async def test_grpc_web_through_envoy_with_a_demo_token(stack: DevStack) -> None
     assert trailers["grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
 
 
-@needs_stack
 def test_web_root_serves_the_ui_or_explains_how_to_build_it(stack: DevStack) -> None:
     status = http_status(stack.web_url + "/")
     if (ROOT / "clients" / "web" / "dist" / "index.html").exists():
@@ -421,7 +410,6 @@ def test_web_root_serves_the_ui_or_explains_how_to_build_it(stack: DevStack) -> 
         assert "clients/web/dist does not exist" in stack.log()
 
 
-@needs_stack
 def test_a_message_goes_all_the_way_through_the_simulator(stack: DevStack) -> None:
     """The wiring: worker → simulator (API base URL, credentials) → signed callback → bridge → server."""
     with grpc.insecure_channel(stack.grpc_target) as channel:
@@ -440,7 +428,6 @@ def test_a_message_goes_all_the_way_through_the_simulator(stack: DevStack) -> No
         wait_until(delivered, 20, "the message to be delivered")
 
 
-@needs_stack
 def test_a_sigkilled_child_is_reported_and_restarted(stack: DevStack) -> None:
     old = stack.pids["bridge"]
     os.kill(old, signal.SIGKILL)
@@ -451,7 +438,6 @@ def test_a_sigkilled_child_is_reported_and_restarted(stack: DevStack) -> None:
     wait_until(lambda: "bridge is healthy again" in stack.log(), 10, "the supervisor to see the bridge back")
 
 
-@needs_stack
 def test_ctrl_c_stops_every_child_and_exits_zero(stack: DevStack) -> None:
     pids = stack.reload()["pids"]
     assert all(pid_alive(pid) for pid in pids.values())
@@ -465,7 +451,6 @@ def test_ctrl_c_stops_every_child_and_exits_zero(stack: DevStack) -> None:
     assert json.dumps(stack.info)  # the fixture's info stays readable after the stop
 
 
-@needs_stack
 def test_data_and_secrets_survive_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with dev_stack(data_dir=data_dir) as first:

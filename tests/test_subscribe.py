@@ -311,14 +311,19 @@ async def test_resume_replays_then_goes_live_without_gap_or_duplicate(
         await send(sms, a, n)
     resume_from = ids_of(await xrange_after(redis, before), a)[1]
 
+    sent_live = 0
+
     async def keep_sending() -> None:
+        nonlocal sent_live
         for i in range(30):
             await send(sms, a, numbers[i % 3], f"live {i}")
+            sent_live += 1
 
     # Subscribe while events keep coming, so the seam between replay and live is crossed under load.
     sender = asyncio.create_task(keep_sending())
-    await asyncio.sleep(0.05)
+    await until(lambda: sent_live >= 3, 10, "the sender to be under way")
     stream = open_stream(sms, a, resume_token=resume_from)
+    assert sent_live < 30, "the sender finished before the subscriber started: no seam was crossed"
     await sender
     expected = [i for i in ids_of(await xrange_after(redis, resume_from), a)]
     assert len(expected) >= 60

@@ -144,6 +144,7 @@ def stack_env(base_env: dict[str, str]) -> Iterator[dict[str, str]]:
         "SMS_JOB_TIMEOUT_SECONDS": "5",
         "SMS_HEALTH_CHECK_INTERVAL_SECONDS": "1",
         "SMS_RECONCILE_INTERVAL_SECONDS": "1",
+        "SMS_SYNC_INTERVAL_SECONDS": "0",  # on only where a test wants it (its lock would outlive a restart)
         "SMS_RECONCILE_AGE_SECONDS": "30",
         "SMS_DRAIN_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",

@@ -11,7 +11,7 @@ import grpc
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from server.config import Config, ConfigError
+from server.config import Config, ConfigError, split_addr
 from webhook_bridge.forms import FORM_CONTENT_TYPE, FormError, inbound_request, parse_form, status_request
 from webhook_bridge.ingest_client import IngestClient, IngestError
 from webhook_bridge.metrics import BridgeMetrics
@@ -167,17 +167,9 @@ def build_app(cfg: Config, metrics: BridgeMetrics | None = None) -> web.Applicat
     return app
 
 
-def split_addr(addr: str) -> tuple[str, int]:
-    """host and port of "host:port" (IPv6 hosts in brackets)."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"SMS_BRIDGE_ADDR must be host:port, got {addr!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
     """Serves until SIGTERM/SIGINT, then stops accepting, finishes in-flight posts and returns 0."""
-    host, port = split_addr(cfg.bridge_addr)
+    host, port = split_addr(cfg.bridge_addr, "SMS_BRIDGE_ADDR")
     app = build_app(cfg)
     # In-flight posts end within the internal deadline; leave a margin for the answer itself.
     runner = web.AppRunner(
