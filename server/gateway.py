@@ -380,7 +380,7 @@ class Gateway:
                     entry["error_message"] = error_message
                 update["$push"] = {"status_history": entry}
                 expect["status_history.status"] = {"$ne": new}
-            updated = await self.store.update_message(doc["_id"], expect, update)
+            updated = await self.store.update_message(doc, expect, update)
             if updated is not None:
                 await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, updated)
                 return updated, applied

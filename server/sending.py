@@ -141,7 +141,7 @@ class Sending:
             fields["in_flight"] = None
         # When Twilio may have the message (timeout, 5xx), the marker stays and the next run settles it,
         # which on the last try decides between adopting it and failing.
-        await self.store.set_send_state(doc["_id"], fields)
+        await self.store.set_send_state(doc, fields)
         log.info("send %s: attempt %d: %s; retrying in %.2f s", doc["_id"], attempt, failure, delay)
         raise Retry(defer=delay)
 
@@ -173,7 +173,7 @@ class Sending:
         if match is not None:
             log.info("send %s: earlier attempt reached Twilio as %s; adopting it", doc["_id"], match.sid)
             return await self._adopt(doc, match), f"adopted {match.sid}"
-        updated = await self.store.set_send_state(doc["_id"], {"in_flight": None})
+        updated = await self.store.set_send_state(doc, {"in_flight": None})
         return (updated or doc), "absent"
 
     async def find_on_twilio(self, doc: Doc) -> TwilioMessage | None:

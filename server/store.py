@@ -41,6 +41,22 @@ def preview(body: str, media_count: int) -> str:
     return f"[{media_count} attachment{'s' if media_count != 1 else ''}]" if media_count else ""
 
 
+def applied(doc: Doc, update: Doc) -> Doc:
+    """`doc` after a top-level $set/$unset/$push/$inc update, as MongoDB applies it."""
+    known = {"$set", "$unset", "$push", "$inc"}
+    if not set(update) <= known or any("." in key for op in update.values() for key in op):
+        raise ValueError(f"cannot apply {sorted(update)} locally")
+    new = dict(doc)
+    new.update(update.get("$set", {}))
+    for key in update.get("$unset", {}):
+        new.pop(key, None)
+    for key, value in update.get("$push", {}).items():
+        new[key] = [*new.get(key, []), value]
+    for key, value in update.get("$inc", {}).items():
+        new[key] = new.get(key, 0) + value
+    return new
+
+
 class Store:
     """The sms-gateway collections in one database."""
 
@@ -189,27 +205,27 @@ class Store:
         cursor = self.messages.find(query).sort([("created", DESCENDING), ("_id", DESCENDING)])
         return await cursor.limit(limit).to_list()
 
-    async def update_message(self, oid: ObjectId, expect: Doc, update: Doc) -> Doc | None:
-        """Applies `update` to message `oid` while `expect` still holds; the updated document, or None.
+    async def update_message(self, doc: Doc, expect: Doc, update: Doc) -> Doc | None:
+        """Applies `update` to `doc`'s message while `expect` still holds; the message as it now is, or None.
 
-        The filter carries the state the caller read, so a concurrent change makes it match nothing
-        instead of being overwritten. update_one + find_one, because SecantusDB runs find_one_and_update
-        an order of magnitude slower (design.md).
+        The filter carries the state the caller read, so a concurrent change makes it match nothing instead
+        of being overwritten. The result is `doc` with the update applied here rather than read back:
+        SecantusDB pays mostly per command, and find_one_and_update is slower still (design.md).
         """
         update.setdefault("$set", {})["updated"] = now()
-        result = await self.messages.update_one({"_id": oid, **expect}, update)
+        result = await self.messages.update_one({"_id": doc["_id"], **expect}, update)
         if result.matched_count == 0:
             return None
-        return await self.messages.find_one({"_id": oid})
+        return applied(doc, update)
 
     # Sending (the worker's send state, the reconciler and the queue statistics)
     #
     # SecantusDB uses an index only when it covers every field of the filter (no $in, no partial indexes), so
     # these queries filter on indexed fields alone and refine in Python; `send_due` exists to be indexed.
 
-    async def set_send_state(self, oid: ObjectId, fields: Doc) -> Doc | None:
+    async def set_send_state(self, doc: Doc, fields: Doc) -> Doc | None:
         """Writes worker bookkeeping (in-flight marker, retry time, last error) that is not a status change."""
-        return await self.update_message(oid, {}, {"$set": fields})
+        return await self.update_message(doc, {}, {"$set": fields})
 
     async def stale_outbound(self, cutoff: datetime, limit: int) -> list[str]:
         """Ids of messages the worker owes action since before `cutoff`: QUEUED and untouched, or an attempt or

@@ -100,3 +100,17 @@ def test_config_from_env_and_errors() -> None:
     with pytest.raises(ConfigError, match="TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN"):
         Config().require("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
     assert "secret" not in repr(Config(jwt_secret="secret", twilio_auth_token="secret"))
+
+
+def test_updates_applied_locally_match_mongodb_semantics() -> None:
+    from server.store import applied
+
+    doc = {"_id": 1, "status": "queued", "status_history": [{"status": "queued"}], "attempts": 1, "in_flight": {}}
+    new = applied(doc, {"$set": {"status": "sending"}, "$push": {"status_history": {"status": "sending"}},
+                        "$inc": {"attempts": 1, "fresh": 2}, "$unset": {"in_flight": ""}})
+    assert new == {"_id": 1, "status": "sending", "attempts": 2, "fresh": 2,
+                   "status_history": [{"status": "queued"}, {"status": "sending"}]}
+    assert doc["status"] == "queued" and len(doc["status_history"]) == 1  # the input is left alone
+    for unsupported in ({"$addToSet": {"a": 1}}, {"$set": {"a.b": 1}}):
+        with pytest.raises(ValueError):
+            applied(doc, unsupported)
