@@ -41,6 +41,10 @@ def preview(body: str, media_count: int) -> str:
     return f"[{media_count} attachment{'s' if media_count != 1 else ''}]" if media_count else ""
 
 
+# Message fields behind sparse indexes: written as None by callers, stored as absent.
+SPARSE_FIELDS = frozenset({"send_due", "sent_at", "twilio_sid", "request_key", "pending"})
+
+
 def applied(doc: Doc, update: Doc) -> Doc:
     """`doc` after a top-level $set/$unset/$push/$inc update, as MongoDB applies it."""
     known = {"$set", "$unset", "$push", "$inc"}
@@ -92,8 +96,8 @@ class Store:
         await self.messages.create_index("pending", name="pending_sparse", sparse=True)
         # The worker, the reconciler and GetQueueStats (see "Sending" below).
         await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
-        await self.messages.create_index("sent_at")
-        await self.messages.create_index("send_due")
+        await self.messages.create_index("sent_at", name="sent_at_sparse", sparse=True)
+        await self.messages.create_index("send_due", name="send_due_sparse", sparse=True)
         await self.messages.create_index([("status", ASCENDING), ("created", ASCENDING)])
         await self.conversations.create_index([("owner", ASCENDING), ("last_message_at", DESCENDING),
                                                ("_id", DESCENDING)])
@@ -212,7 +216,12 @@ class Store:
         of being overwritten. The result is `doc` with the update applied here rather than read back:
         SecantusDB pays mostly per command, and find_one_and_update is slower still (design.md).
         """
-        update.setdefault("$set", {})["updated"] = now()
+        fields = update.setdefault("$set", {})
+        fields["updated"] = now()
+        for key in SPARSE_FIELDS & {k for k, v in fields.items() if v is None}:
+            # Absent, not null: a sparse index still holds nulls, and SecantusDB walks them on range queries.
+            del fields[key]
+            update.setdefault("$unset", {})[key] = ""
         result = await self.messages.update_one({"_id": doc["_id"], **expect}, update)
         if result.matched_count == 0:
             return None

@@ -205,6 +205,8 @@ async def test_sent_message_reaches_sent_with_sid(stack: Stack, sms: sms_pb2_grp
     doc = await stack.final(message_id, {"sent", "delivered"})
     assert doc["twilio_sid"].startswith("SM")
     assert doc["attempts"] == 1 and not doc.get("in_flight")
+    # Absent, not null: the reconciler's range query on the sparse index must not walk sent messages.
+    assert "send_due" not in doc and "pending" not in doc
     assert [h["status"] for h in doc["status_history"]][:2] == ["queued", "sending"]
     created = await stack.sim_messages(to)
     assert [m["sid"] for m in created] == [doc["twilio_sid"]]
