@@ -37,6 +37,14 @@ function isNewer(incoming: { updateTime?: unknown }, existing: { updateTime?: un
   return a === 0 || b === 0 || a >= b;
 }
 
+function isNewerMessage(incoming: Message, existing: Message | undefined): boolean {
+  if (!existing) return true;
+  // A message's history only grows, so it orders two versions even within one millisecond, whatever
+  // order two server processes appended their events in.
+  const grown = incoming.statusHistory.length - existing.statusHistory.length;
+  return grown !== 0 ? grown > 0 : isNewer(incoming, existing);
+}
+
 function parseRoute(hash: string): Route {
   const path = hash.replace(/^#\/?/, "");
   if (path.startsWith("c/") && path.length > 2) return { kind: "conv", id: decodeURIComponent(path.slice(2)) };
@@ -376,7 +384,7 @@ export class InboxApp {
   private putMessage(t: Thread, m: Message): boolean {
     if (!m.id) return false;
     const existing = t.msgs.get(m.id);
-    if (!isNewer(m, existing)) return false;
+    if (!isNewerMessage(m, existing)) return false;
     t.msgs.set(m.id, m);
     return true;
   }
