@@ -38,7 +38,7 @@ from redis.asyncio import Redis  # noqa: E402
 from sms.v1 import sms_pb2, sms_pb2_grpc  # noqa: E402
 
 from server.auth import Caller, Role, mint_token  # noqa: E402
-from server.config import Config  # noqa: E402
+from server.config import Config, without_settings  # noqa: E402
 from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
 from server.events import EventLog  # noqa: E402
 from server.gateway import Gateway, validate_send  # noqa: E402
@@ -143,7 +143,7 @@ async def bench(args: argparse.Namespace, tmp: Path, mongo: EmbeddedServer,
     logs = tmp / "logs"
     children: list[Child] = []
     sim_port, bridge_port, idle_port, grpc_port = (free_port() for _ in range(4))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
+    env = without_settings(os.environ)
     env.update(
         PYTHONUNBUFFERED="1", MONGODB_URI=mongo.uri, MONGODB_DB="bench", REDIS_URL=redis_server.uri,
         SMS_JWT_SECRET=SECRET, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,

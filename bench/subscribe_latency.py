@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from server.auth import mint_token  # noqa: E402
+from server.config import without_settings  # noqa: E402
 from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis  # noqa: E402
 
 SECRET = "bench-secret-not-for-production-0123456789"
@@ -198,7 +199,7 @@ def start_stack() -> Stack:
     mongo = start_mongo(":memory:", output=log)
     valkey = start_redis(Path(tmp.name) / "redis", output=log)
     target = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
+    env = without_settings(os.environ)
     env.update(MONGODB_URI=mongo.uri, REDIS_URL=valkey.uri, SMS_JWT_SECRET=SECRET, SMS_GRPC_ADDR=target,
                TWILIO_FROM_NUMBER="+15005550006", SMS_HEARTBEAT_SECONDS="15",
                MONGODB_DB=f"bench_{os.getpid()}")

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the project's packages
 
 from server.auth import mint_token  # noqa: E402
+from server.config import without_settings  # noqa: E402
 from server.embedded import free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
 from webhook_bridge.forms import inbound_request, parse_form, status_request  # noqa: E402
 from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdict  # noqa: E402
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(redis.stop)
         grpc_port, bridge_port, base_port = free_port(), free_port(), free_port()
         target = f"127.0.0.1:{grpc_port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
+        env = without_settings(os.environ)
         env.update(MONGODB_URI=mongo.uri, MONGODB_DB="sms_bench", REDIS_URL=redis.uri, SMS_JWT_SECRET=JWT_SECRET,
                    TWILIO_FROM_NUMBER=OUR_NUMBER, SMS_GRPC_ADDR=target, SMS_GRPC_TARGET=target,
                    SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}", TWILIO_AUTH_TOKEN=AUTH_TOKEN,

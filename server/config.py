@@ -62,6 +62,14 @@ def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tu
     return values
 
 
+SETTING_PREFIXES = ("SMS_", "TWILIO_", "MONGODB_", "REDIS_")
+
+
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` less every variable Config reads, so a child process gets only the settings it is given."""
+    return {k: v for k, v in env.items() if not k.startswith(SETTING_PREFIXES)}
+
+
 def split_addr(addr: str, setting: str = "address") -> tuple[str, int]:
     """(host, port) of a "host:port" setting; IPv6 hosts may be bracketed. ConfigError names `setting`."""
     host, sep, port = addr.rpartition(":")

@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from sms.v1 import ingest_pb2_grpc, sms_pb2_grpc
 
 from server.auth import mint_token
+from server.config import without_settings
 from server.embedded import EmbeddedServer, start_mongo, start_redis
 from tests.procs import Proc, start_server
 
@@ -38,7 +39,7 @@ def redis_server() -> Iterator[EmbeddedServer]:
 @pytest.fixture(scope="session")
 def base_env(mongo: EmbeddedServer, redis_server: EmbeddedServer) -> dict[str, str]:
     """Environment for our processes: the session's database (fresh name) and Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
+    env = without_settings(os.environ)
     env.update(
         MONGODB_URI=mongo.uri,
         MONGODB_DB=f"sms_test_{uuid.uuid4().hex[:8]}",

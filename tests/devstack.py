@@ -13,13 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from server.config import without_settings
 from server.embedded import free_port
 from tests.procs import SMS_GATEWAY, Proc
-
-
-def clean_env() -> dict[str, str]:
-    """The test run's environment without any sms-gateway, Twilio or store settings of the developer's."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SMS_", "TWILIO_", "MONGODB_", "REDIS_"))}
 
 
 def pid_alive(pid: int) -> bool:
@@ -105,7 +101,7 @@ def start_dev_stack(
 ) -> DevStack:
     """Starts `sms-gateway dev` on free ports and returns once dev.json exists (everything healthy)."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="sms-dev-test-"))
-    full_env = clean_env()
+    full_env = without_settings(os.environ)
     full_env.update(
         SMS_DATA_DIR=str(data_dir),
         SMS_GRPC_ADDR=f"127.0.0.1:{free_port()}",

@@ -30,8 +30,9 @@ from sms.v1 import sms_pb2, sms_pb2_grpc, types_pb2
 from devstack.envoy import EnvoyPorts, envoy_command, render
 from devstack.stack import ChildSpec, Console, StackFailed, Supervisor, load_secrets, ui_watcher
 from server.auth import Role, verify_token
+from server.config import without_settings
 from server.embedded import free_port
-from tests.devstack import DevStack, clean_env, dev_stack, pid_alive
+from tests.devstack import DevStack, dev_stack, pid_alive
 from tests.procs import ROOT, Proc
 
 
@@ -149,7 +150,7 @@ def envoy(dist: Path, tmp_path: Path, health_upstream: str) -> Iterator[tuple[st
     """Envoy running the rendered config; yields (web URL, admin URL)."""
     ports = EnvoyPorts(f"127.0.0.1:{free_port()}", health_upstream, free_port())
     config = render(ports, tmp_path / "envoy.yaml", dist)
-    proc = Proc("envoy", envoy_command(config), clean_env())
+    proc = Proc("envoy", envoy_command(config), without_settings(os.environ))
     admin = f"http://127.0.0.1:{ports.admin_port}"
 
     def ready() -> bool:
@@ -222,7 +223,8 @@ async def test_envoy_translates_grpc_web(envoy: tuple[str, str]) -> None:
 
 # The supervisor with stand-in children ---------------------------------------------------------------
 def py_child(name: str, code: str) -> ChildSpec:
-    return ChildSpec(name, [sys.executable, "-c", textwrap.dedent(code)], clean_env(), start_timeout=10, stop_timeout=5)
+    return ChildSpec(name, [sys.executable, "-c", textwrap.dedent(code)], without_settings(os.environ),
+                     start_timeout=10, stop_timeout=5)
 
 
 def test_a_child_that_keeps_dying_is_reported_and_the_supervisor_gives_up() -> None:
@@ -246,7 +248,7 @@ def test_a_missing_binary_or_a_child_that_never_gets_healthy_is_reported() -> No
     sup = Supervisor(Console(out, colour=False), backoff_base=0.01, backoff_max=0.05)
     try:
         with pytest.raises(StackFailed, match="ghost died after 5 restarts"):
-            sup.start(ChildSpec("ghost", ["/nonexistent/ghostd"], clean_env()))
+            sup.start(ChildSpec("ghost", ["/nonexistent/ghostd"], without_settings(os.environ)))
         assert "!!! ghost could not be started" in out.getvalue()
         assert "/nonexistent/ghostd" in out.getvalue()
 
@@ -296,7 +298,7 @@ def test_children_do_not_outlive_a_sigkilled_supervisor() -> None:
         print("PIDS", *[c.pid for c in sup.children], flush=True)
         sup.run_until_stopped()
     """)
-    proc = Proc("supervisor", [sys.executable, "-c", script], clean_env())
+    proc = Proc("supervisor", [sys.executable, "-c", script], without_settings(os.environ))
     try:
         wait_until(lambda: "PIDS" in proc.log(), 15, "the supervisor to start its children")
         pids = [int(p) for p in proc.log().split("PIDS", 1)[1].split()[:2]]
