@@ -138,32 +138,50 @@ def start_stores(tmp: Path) -> tuple[EmbeddedServer, EmbeddedServer]:
     return mongo, start_redis(tmp / "redis", 0, open(logs / "redis.log", "ab"))
 
 
-async def bench(args: argparse.Namespace, tmp: Path, mongo: EmbeddedServer,
-                redis_server: EmbeddedServer) -> dict[str, Any]:
+async def bench(
+    args: argparse.Namespace, tmp: Path, mongo: EmbeddedServer, redis_server: EmbeddedServer
+) -> dict[str, Any]:
     logs = tmp / "logs"
     children: list[Child] = []
     sim_port, bridge_port, idle_port, grpc_port = (free_port() for _ in range(4))
     env = without_settings(os.environ)
     env.update(
-        PYTHONUNBUFFERED="1", MONGODB_URI=mongo.uri, MONGODB_DB="bench", REDIS_URL=redis_server.uri,
-        SMS_JWT_SECRET=SECRET, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM_NUMBER, TWILIO_API_BASE_URL=f"http://127.0.0.1:{sim_port}",
-        SMS_SIMULATOR_ADDR=f"127.0.0.1:{sim_port}", SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}",
-        SMS_PUBLIC_BASE_URL=f"http://127.0.0.1:{bridge_port}", SMS_GRPC_TARGET=f"127.0.0.1:{grpc_port}",
-        SMS_SIMULATOR_RULES=json.dumps({"latency_ms": args.latency_ms}), SMS_ARQ_QUEUE="bench:send",
+        PYTHONUNBUFFERED="1",
+        MONGODB_URI=mongo.uri,
+        MONGODB_DB="bench",
+        REDIS_URL=redis_server.uri,
+        SMS_JWT_SECRET=SECRET,
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM_NUMBER,
+        TWILIO_API_BASE_URL=f"http://127.0.0.1:{sim_port}",
+        SMS_SIMULATOR_ADDR=f"127.0.0.1:{sim_port}",
+        SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}",
+        SMS_PUBLIC_BASE_URL=f"http://127.0.0.1:{bridge_port}",
+        SMS_GRPC_TARGET=f"127.0.0.1:{grpc_port}",
+        SMS_SIMULATOR_RULES=json.dumps({"latency_ms": args.latency_ms}),
+        SMS_ARQ_QUEUE="bench:send",
         SMS_DRAIN_SECONDS="2",
     )
     cli = [sys.executable, "-m", "server.cli"]
     mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
     redis = Redis.from_url(redis_server.uri)
-    result: dict[str, Any] = {"messages": args.messages, "in_flight": args.in_flight,
-                              "latency_ms": args.latency_ms, "logs": str(logs)}
+    result: dict[str, Any] = {
+        "messages": args.messages,
+        "in_flight": args.in_flight,
+        "latency_ms": args.latency_ms,
+        "logs": str(logs),
+    }
     try:
         sim = Child("simulator", [*cli, "twilio-simulator"], env, logs)
         children.append(sim)
         wait_for_port("127.0.0.1", sim_port, 30, sim.proc)
-        idle = Child("server-idle", [*cli, "server"],
-                     {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{idle_port}", "SMS_ARQ_QUEUE": "bench:idle"}, logs)
+        idle = Child(
+            "server-idle",
+            [*cli, "server"],
+            {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{idle_port}", "SMS_ARQ_QUEUE": "bench:idle"},
+            logs,
+        )
         server = Child("server", [*cli, "server"], {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{grpc_port}"}, logs)
         children += [idle, server]
         await wait_grpc(f"127.0.0.1:{idle_port}", idle)
@@ -186,8 +204,9 @@ async def bench(args: argparse.Namespace, tmp: Path, mongo: EmbeddedServer,
         from arq.connections import RedisSettings
 
         arq = await create_pool(RedisSettings.from_dsn(redis_server.uri))
-        gateway = Gateway(cfg, store, EventLog(bare_redis, cfg.event_stream, cfg.event_retention),
-                          SendQueue(arq, "bench:bare"))
+        gateway = Gateway(
+            cfg, store, EventLog(bare_redis, cfg.event_stream, cfg.event_retention), SendQueue(arq, "bench:bare")
+        )
 
         async def bare(i: int) -> None:
             user, to = target(i, 201)
@@ -293,14 +312,20 @@ def main() -> int:
             shutil.rmtree(tmp / "mongo", ignore_errors=True)
             shutil.rmtree(tmp / "redis", ignore_errors=True)
     print(f"bare sequence (Gateway.send, {args.in_flight} in flight): {r['bare_per_s']:8.1f} msg/s")
-    print(f"Send path (gRPC, no worker):          {r['send_path_per_s']:8.1f} msg/s  "
-          f"= {r['send_path_ratio']:.2f} x bare   p50 {r['send_path_p50_ms']:.1f} ms  "
-          f"p99 {r['send_path_p99_ms']:.1f} ms")
+    print(
+        f"Send path (gRPC, no worker):          {r['send_path_per_s']:8.1f} msg/s  "
+        f"= {r['send_path_ratio']:.2f} x bare   p50 {r['send_path_p50_ms']:.1f} ms  "
+        f"p99 {r['send_path_p99_ms']:.1f} ms"
+    )
     print(f"pipeline, {r['messages']} messages, Twilio latency {r['latency_ms']} ms:")
-    print(f"  Send under load:   {r['send_per_s']:8.1f} msg/s   p50 {r['send_p50_ms']:.1f} ms   "
-          f"p99 {r['send_p99_ms']:.1f} ms")
-    print(f"  end to end (SENT): {r['end_to_end_per_s']:8.1f} msg/s   time to SENT p50 {r['to_sent_p50_ms']:.0f} ms"
-          f"   p99 {r['to_sent_p99_ms']:.0f} ms")
+    print(
+        f"  Send under load:   {r['send_per_s']:8.1f} msg/s   p50 {r['send_p50_ms']:.1f} ms   "
+        f"p99 {r['send_p99_ms']:.1f} ms"
+    )
+    print(
+        f"  end to end (SENT): {r['end_to_end_per_s']:8.1f} msg/s   time to SENT p50 {r['to_sent_p50_ms']:.0f} ms"
+        f"   p99 {r['to_sent_p99_ms']:.0f} ms"
+    )
     print(f"  Twilio creates accepted: {r['twilio_creates_accepted']}")
     b, a = r["rss_before_mb"], r["rss_after_mb"]
     print(f"  RSS server {b['server']:.0f} -> {a['server']:.0f} MiB, worker {b['worker']:.0f} -> {a['worker']:.0f} MiB")

@@ -79,8 +79,10 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60
             if proc.poll() is not None:
                 raise RuntimeError("server exited during start-up")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -88,10 +90,18 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60
     raise TimeoutError(f"{target} not SERVING after {timeout} s")
 
 
-async def subscriber(stub: sms_pb2_grpc.SmsServiceAsyncStub, token: str, all_owners: bool, stats: Stats,
-                     ready: asyncio.Event, opened: list[int], total: int) -> None:
-    call = stub.Subscribe(sms_pb2.SubscribeRequest(all_owners=all_owners),
-                          metadata=(("authorization", f"Bearer {token}"),))
+async def subscriber(
+    stub: sms_pb2_grpc.SmsServiceAsyncStub,
+    token: str,
+    all_owners: bool,
+    stats: Stats,
+    ready: asyncio.Event,
+    opened: list[int],
+    total: int,
+) -> None:
+    call = stub.Subscribe(
+        sms_pb2.SubscribeRequest(all_owners=all_owners), metadata=(("authorization", f"Bearer {token}"),)
+    )
     first = True
     try:
         async for response in call:
@@ -115,8 +125,9 @@ async def subscriber(stub: sms_pb2_grpc.SmsServiceAsyncStub, token: str, all_own
             stats.errors += 1
 
 
-async def sender(stub: sms_pb2_grpc.SmsServiceAsyncStub, tokens: list[str], rate: float, stop: asyncio.Event,
-                 sent: list[int]) -> None:
+async def sender(
+    stub: sms_pb2_grpc.SmsServiceAsyncStub, tokens: list[str], rate: float, stop: asyncio.Event, sent: list[int]
+) -> None:
     numbers = [f"+1415{random.randint(2000000, 9999999)}" for _ in tokens]
     interval = 1 / rate
     next_at = time.monotonic()
@@ -124,8 +135,10 @@ async def sender(stub: sms_pb2_grpc.SmsServiceAsyncStub, tokens: list[str], rate
 
     async def one(i: int) -> None:
         agent = i % len(tokens)
-        await stub.Send(sms_pb2.SendRequest(to=numbers[agent], body=f"bench {i}"),
-                        metadata=(("authorization", f"Bearer {tokens[agent]}"),))
+        await stub.Send(
+            sms_pb2.SendRequest(to=numbers[agent], body=f"bench {i}"),
+            metadata=(("authorization", f"Bearer {tokens[agent]}"),),
+        )
         sent[0] += 1
 
     i = 0
@@ -160,8 +173,7 @@ async def baseline(redis: Redis, rate: float, stop: asyncio.Event, counting: Sta
     next_at = time.monotonic()
     payload = b"x" * 400
     while not stop.is_set():
-        await redis.xadd(BASELINE_STREAM, {"t": repr(time.time()), "data": payload}, maxlen=10_000,
-                         approximate=True)
+        await redis.xadd(BASELINE_STREAM, {"t": repr(time.time()), "data": payload}, maxlen=10_000, approximate=True)
         next_at += interval
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     await task
@@ -200,12 +212,19 @@ def start_stack() -> Stack:
     valkey = start_redis(Path(tmp.name) / "redis", output=log)
     target = f"127.0.0.1:{free_port()}"
     env = without_settings(os.environ)
-    env.update(MONGODB_URI=mongo.uri, REDIS_URL=valkey.uri, SMS_JWT_SECRET=SECRET, SMS_GRPC_ADDR=target,
-               TWILIO_FROM_NUMBER="+15005550006", SMS_HEARTBEAT_SECONDS="15",
-               MONGODB_DB=f"bench_{os.getpid()}")
+    env.update(
+        MONGODB_URI=mongo.uri,
+        REDIS_URL=valkey.uri,
+        SMS_JWT_SECRET=SECRET,
+        SMS_GRPC_ADDR=target,
+        TWILIO_FROM_NUMBER="+15005550006",
+        SMS_HEARTBEAT_SECONDS="15",
+        MONGODB_DB=f"bench_{os.getpid()}",
+    )
     server_log = open(Path(tmp.name) / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "server"], env=env, cwd=ROOT,
-                              stdout=server_log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "server"], env=env, cwd=ROOT, stdout=server_log, stderr=subprocess.STDOUT
+    )
     stack = Stack(tmp, mongo, valkey, server, target, [log, server_log])
     try:
         wait_serving(target, server)
@@ -233,8 +252,11 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
         for i in range(args.subscribers):
             admin = i < n_admins
             tok = admin_token if admin else agent_tokens[i % args.agents]
-            subs.append(asyncio.create_task(
-                subscriber(stubs[i % len(stubs)], tok, admin, stats, ready, opened, args.subscribers)))
+            subs.append(
+                asyncio.create_task(
+                    subscriber(stubs[i % len(stubs)], tok, admin, stats, ready, opened, args.subscribers)
+                )
+            )
         t_open = time.monotonic()
         await asyncio.wait_for(ready.wait(), 120)
         open_seconds = time.monotonic() - t_open
@@ -269,22 +291,36 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
         lat = [x * 1000 for x in stats.latencies]
         blat = [x * 1000 for x in base_lat]
         per_event = args.subscribers - n_admins
-        print(f"subscribers: {args.subscribers} ({n_admins} admins with all_owners, {per_event} agents over "
-              f"{args.agents} agents; {args.channels} client connections), opened in {open_seconds:.1f} s")
-        print(f"load: {sends / elapsed:.1f} Sends/s for {elapsed:.0f} s -> {sends * events_per_send / elapsed:.0f} "
-              f"events/s appended, each to ~{n_admins + per_event / args.agents:.0f} subscribers")
-        print(f"delivered: {stats.delivered} events ({stats.delivered / elapsed:.0f}/s); resyncs {stats.resyncs}, "
-              f"stream errors {stats.errors}")
-        print(f"delivery latency (event time -> receipt, ms; time has ms precision): p50 {pct(lat, 0.5):.1f}  "
-              f"p99 {pct(lat, 0.99):.1f}  max {max(lat, default=float('nan')):.1f}  "
-              f"mean {statistics.fmean(lat) if lat else float('nan'):.1f}")
-        print(f"baseline bare Redis XADD -> XREAD (ms): p50 {pct(blat, 0.5):.2f}  p99 {pct(blat, 0.99):.2f}  "
-              f"max {max(blat, default=float('nan')):.2f}  ({len(blat)} entries)")
+        print(
+            f"subscribers: {args.subscribers} ({n_admins} admins with all_owners, {per_event} agents over "
+            f"{args.agents} agents; {args.channels} client connections), opened in {open_seconds:.1f} s"
+        )
+        print(
+            f"load: {sends / elapsed:.1f} Sends/s for {elapsed:.0f} s -> {sends * events_per_send / elapsed:.0f} "
+            f"events/s appended, each to ~{n_admins + per_event / args.agents:.0f} subscribers"
+        )
+        print(
+            f"delivered: {stats.delivered} events ({stats.delivered / elapsed:.0f}/s); resyncs {stats.resyncs}, "
+            f"stream errors {stats.errors}"
+        )
+        print(
+            f"delivery latency (event time -> receipt, ms; time has ms precision): p50 {pct(lat, 0.5):.1f}  "
+            f"p99 {pct(lat, 0.99):.1f}  max {max(lat, default=float('nan')):.1f}  "
+            f"mean {statistics.fmean(lat) if lat else float('nan'):.1f}"
+        )
+        print(
+            f"baseline bare Redis XADD -> XREAD (ms): p50 {pct(blat, 0.5):.2f}  p99 {pct(blat, 0.99):.2f}  "
+            f"max {max(blat, default=float('nan')):.2f}  ({len(blat)} entries)"
+        )
         if blat and lat:
-            print(f"ratio p50 {pct(lat, 0.5) / max(pct(blat, 0.5), 1e-3):.0f}x, "
-                  f"p99 {pct(lat, 0.99) / max(pct(blat, 0.99), 1e-3):.0f}x")
-        print(f"server RSS: idle {rss_idle / 1024:.1f} MiB, with subscribers {rss_subscribed / 1024:.1f} MiB, "
-              f"after the run {rss_after / 1024:.1f} MiB")
+            print(
+                f"ratio p50 {pct(lat, 0.5) / max(pct(blat, 0.5), 1e-3):.0f}x, "
+                f"p99 {pct(lat, 0.99) / max(pct(blat, 0.99), 1e-3):.0f}x"
+            )
+        print(
+            f"server RSS: idle {rss_idle / 1024:.1f} MiB, with subscribers {rss_subscribed / 1024:.1f} MiB, "
+            f"after the run {rss_after / 1024:.1f} MiB"
+        )
         if args.timeline:
             buckets: dict[int, list[float]] = {}
             for at, ms in zip(stats.received_at, lat, strict=True):

@@ -181,9 +181,11 @@ class Result:
         mean = statistics.fmean(self.latencies) * 1000 if self.latencies else float("nan")
         internal = "" if self.internal_ms is None else f" (internal call {self.internal_ms:.1f})"
         cpu = self.cpu_seconds / len(self.latencies) * 1e6 if self.latencies else float("nan")
-        return (f"{self.name:<9} {self.rate:8.0f} posts/s   ack p50 {self.pct(0.5):6.1f} ms   "
-                f"p99 {self.pct(0.99):6.1f} ms   mean {mean:6.1f} ms{internal}   "
-                f"cpu/post {cpu:5.0f} us   acks {len(self.latencies)}   errors {errors} {self.errors or ''}")
+        return (
+            f"{self.name:<9} {self.rate:8.0f} posts/s   ack p50 {self.pct(0.5):6.1f} ms   "
+            f"p99 {self.pct(0.99):6.1f} ms   mean {mean:6.1f} ms{internal}   "
+            f"cpu/post {cpu:5.0f} us   acks {len(self.latencies)}   errors {errors} {self.errors or ''}"
+        )
 
 
 class PostSource:
@@ -202,16 +204,32 @@ class PostSource:
         self.n += 1
         if self.route == "inbound":
             sid = "SM" + uuid.uuid4().hex
-            params = {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": "AC" + "0" * 32,
-                      "From": self.contacts[self.n % len(self.contacts)], "To": OUR_NUMBER,
-                      "Body": f"bench message {self.n}", "NumMedia": "0", "NumSegments": "1",
-                      "SmsStatus": "received", "ApiVersion": "2010-04-01"}
+            params = {
+                "MessageSid": sid,
+                "SmsSid": sid,
+                "SmsMessageSid": sid,
+                "AccountSid": "AC" + "0" * 32,
+                "From": self.contacts[self.n % len(self.contacts)],
+                "To": OUR_NUMBER,
+                "Body": f"bench message {self.n}",
+                "NumMedia": "0",
+                "NumSegments": "1",
+                "SmsStatus": "received",
+                "ApiVersion": "2010-04-01",
+            }
         else:
             sid = self.sids[self.n % len(self.sids)]
             status = ("sending", "sent", "delivered")[(self.n // len(self.sids)) % 3]
-            params = {"MessageSid": sid, "SmsSid": sid, "AccountSid": "AC" + "0" * 32, "From": OUR_NUMBER,
-                      "To": self.contacts[0], "MessageStatus": status, "SmsStatus": status,
-                      "ApiVersion": "2010-04-01"}
+            params = {
+                "MessageSid": sid,
+                "SmsSid": sid,
+                "AccountSid": "AC" + "0" * 32,
+                "From": OUR_NUMBER,
+                "To": self.contacts[0],
+                "MessageStatus": status,
+                "SmsStatus": status,
+                "ApiVersion": "2010-04-01",
+            }
         return params, {SIGNATURE_HEADER: self.validator.compute_signature(self.url, params)}
 
 
@@ -228,8 +246,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(name: str, base_url: str, source: PostSource, concurrency: int, duration: float,
-               warmup: float, pid: int, bridge: bool = True) -> Result:
+async def load(
+    name: str,
+    base_url: str,
+    source: PostSource,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    pid: int,
+    bridge: bool = True,
+) -> Result:
     """Keeps `concurrency` posts in flight; measures those that start after the warm-up."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
@@ -277,8 +303,9 @@ async def load(name: str, base_url: str, source: PostSource, concurrency: int, d
         return result
 
 
-async def load_direct(target: str, source: PostSource, concurrency: int, duration: float,
-                      warmup: float, server_pid: int) -> Result:
+async def load_direct(
+    target: str, source: PostSource, concurrency: int, duration: float, warmup: float, server_pid: int
+) -> Result:
     """The same posts as RecordInbound/RecordStatus calls straight to the server: what the store allows."""
     md = (("authorization", f"Bearer {mint_token(JWT_SECRET, 'bench-bridge', 'service')}"),)
     result = Result("direct", duration)
@@ -382,10 +409,18 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port, bridge_port, base_port = free_port(), free_port(), free_port()
         target = f"127.0.0.1:{grpc_port}"
         env = without_settings(os.environ)
-        env.update(MONGODB_URI=mongo.uri, MONGODB_DB="sms_bench", REDIS_URL=redis.uri, SMS_JWT_SECRET=JWT_SECRET,
-                   TWILIO_FROM_NUMBER=OUR_NUMBER, SMS_GRPC_ADDR=target, SMS_GRPC_TARGET=target,
-                   SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}", TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-                   SMS_PUBLIC_BASE_URL=PUBLIC_BASE)
+        env.update(
+            MONGODB_URI=mongo.uri,
+            MONGODB_DB="sms_bench",
+            REDIS_URL=redis.uri,
+            SMS_JWT_SECRET=JWT_SECRET,
+            TWILIO_FROM_NUMBER=OUR_NUMBER,
+            SMS_GRPC_ADDR=target,
+            SMS_GRPC_TARGET=target,
+            SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}",
+            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+            SMS_PUBLIC_BASE_URL=PUBLIC_BASE,
+        )
         server = stack.enter_context(child("server", [*SMS_GATEWAY, "server"], env, tmp))
         wait_serving(target, server)
         bridge = stack.enter_context(child("bridge", [*SMS_GATEWAY, "bridge"], env, tmp))
@@ -399,20 +434,47 @@ def main(argv: list[str] | None = None) -> int:
         db = db_client["sms_bench"]
         sids = make_outbound(target, 100, contacts[0], db) if args.route == "status" else []
 
-        print(f"{args.route} posts, {args.concurrency} in flight, {args.duration:.0f} s each "
-              f"(after {args.warmup:.0f} s warm-up)")
+        print(
+            f"{args.route} posts, {args.concurrency} in flight, {args.duration:.0f} s each "
+            f"(after {args.warmup:.0f} s warm-up)"
+        )
         if not args.no_direct:
             # First, while the database is as small as for the bridge run: what the store allows at all.
-            direct = asyncio.run(load_direct(target, PostSource(args.route, contacts, sids), args.concurrency,
-                                             args.duration, args.warmup, server.process.pid))
+            direct = asyncio.run(
+                load_direct(
+                    target,
+                    PostSource(args.route, contacts, sids),
+                    args.concurrency,
+                    args.duration,
+                    args.warmup,
+                    server.process.pid,
+                )
+            )
             print(direct.line() + "  <- the same calls straight to the gRPC server (cpu: the server's)")
-        bridge_result = asyncio.run(load("bridge", f"http://127.0.0.1:{bridge_port}",
-                                         PostSource(args.route, contacts, sids), args.concurrency,
-                                         args.duration, args.warmup, bridge.process.pid))
+        bridge_result = asyncio.run(
+            load(
+                "bridge",
+                f"http://127.0.0.1:{bridge_port}",
+                PostSource(args.route, contacts, sids),
+                args.concurrency,
+                args.duration,
+                args.warmup,
+                bridge.process.pid,
+            )
+        )
         print(bridge_result.line())
-        base_result = asyncio.run(load("baseline", f"http://127.0.0.1:{base_port}",
-                                       PostSource(args.route, contacts, sids), args.concurrency,
-                                       args.duration, args.warmup, baseline.process.pid, bridge=False))
+        base_result = asyncio.run(
+            load(
+                "baseline",
+                f"http://127.0.0.1:{base_port}",
+                PostSource(args.route, contacts, sids),
+                args.concurrency,
+                args.duration,
+                args.warmup,
+                baseline.process.pid,
+                bridge=False,
+            )
+        )
         print(base_result.line())
         print(f"ratio     {bridge_result.rate / base_result.rate:.2f}x baseline rate")
         if not args.no_noop:
@@ -420,16 +482,29 @@ def main(argv: list[str] | None = None) -> int:
             me = [sys.executable, str(Path(__file__).resolve())]
             noop = stack.enter_context(child("noop-ingest", [*me, "--serve-noop", str(noop_port)], env, tmp))
             wait_serving(f"127.0.0.1:{noop_port}", noop)
-            noop_env = {**env, "SMS_GRPC_TARGET": f"127.0.0.1:{noop_port}",
-                        "SMS_BRIDGE_ADDR": f"127.0.0.1:{noop_bridge_port}"}
+            noop_env = {
+                **env,
+                "SMS_GRPC_TARGET": f"127.0.0.1:{noop_port}",
+                "SMS_BRIDGE_ADDR": f"127.0.0.1:{noop_bridge_port}",
+            }
             noop_bridge = stack.enter_context(child("bridge-noop", [*SMS_GATEWAY, "bridge"], noop_env, tmp))
             listening(noop_bridge_port, noop_bridge)
-            noop_result = asyncio.run(load("bridge*", f"http://127.0.0.1:{noop_bridge_port}",
-                                           PostSource(args.route, contacts, sids), args.concurrency,
-                                           args.duration, args.warmup, noop_bridge.process.pid))
+            noop_result = asyncio.run(
+                load(
+                    "bridge*",
+                    f"http://127.0.0.1:{noop_bridge_port}",
+                    PostSource(args.route, contacts, sids),
+                    args.concurrency,
+                    args.duration,
+                    args.warmup,
+                    noop_bridge.process.pid,
+                )
+            )
             print(noop_result.line() + "  <- bridge against a no-op ingest server")
-            print(f"ratio*    {noop_result.rate / base_result.rate:.2f}x baseline rate (bridge's own cost); "
-                  f"by CPU per post {cpu_per_post(base_result) / cpu_per_post(noop_result):.2f}x")
+            print(
+                f"ratio*    {noop_result.rate / base_result.rate:.2f}x baseline rate (bridge's own cost); "
+                f"by CPU per post {cpu_per_post(base_result) / cpu_per_post(noop_result):.2f}x"
+            )
         if args.route == "inbound":
             acked = bridge_result.acked_sids
             stored = db["messages"].count_documents({"twilio_sid": {"$in": acked}})

@@ -25,12 +25,17 @@ def generate(into: Path) -> None:
     files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "sms" / "v1").glob("*.proto"))
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{PROTOS}", f"-I{well_known}",
-            f"--python_out={into}", f"--grpc_python_out={into}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTOS}",
+            f"-I{well_known}",
+            f"--python_out={into}",
+            f"--grpc_python_out={into}",
             f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
-            f"--mypy_out={into}", f"--mypy_grpc_out={into}",
+            f"--mypy_out={into}",
+            f"--mypy_grpc_out={into}",
             *files,
         ],
         check=True,

@@ -26,8 +26,14 @@ HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key: <queue>:health-check, expire
 
 def twilio_missing(cfg: Config) -> list[str]:
     """The Twilio settings (by environment name) that a process talking to Twilio lacks."""
-    missing = [name for name, value in (("TWILIO_ACCOUNT_SID", cfg.twilio_account_sid),
-                                        ("TWILIO_AUTH_TOKEN", cfg.twilio_auth_token)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("TWILIO_ACCOUNT_SID", cfg.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", cfg.twilio_auth_token),
+        )
+        if not value
+    ]
     if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
         missing.append("TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
     return missing
@@ -69,8 +75,13 @@ class Admin:
         if oldest is not None:
             age.FromTimedelta(max(t - oldest, timedelta(0)))
         return sms_pb2.GetQueueStatsResponse(
-            queued=queued, in_progress=in_progress, retrying=retrying, failed_last_hour=failed,
-            sent_last_minute=sent_minute, sent_last_hour=sent_hour, oldest_queued_age=age,
+            queued=queued,
+            in_progress=in_progress,
+            retrying=retrying,
+            failed_last_hour=failed,
+            sent_last_minute=sent_minute,
+            sent_last_hour=sent_hour,
+            oldest_queued_age=age,
             queue_length=queue_length,
             # The key expires one second after arq's health-check interval, so present means fresh.
             worker_healthy=health is not None,
@@ -82,8 +93,10 @@ class Admin:
             if self._twilio is None:
                 missing = twilio_missing(self.cfg)
                 if missing:
-                    raise FailedPrecondition("SyncFromTwilio needs the server's Twilio settings: "
-                                             + ", ".join(missing), "TWILIO_NOT_CONFIGURED")
+                    raise FailedPrecondition(
+                        "SyncFromTwilio needs the server's Twilio settings: " + ", ".join(missing),
+                        "TWILIO_NOT_CONFIGURED",
+                    )
                 sender = TwilioSender(self.cfg)
                 await sender.start()
                 self._twilio = sender
@@ -104,6 +117,4 @@ class Admin:
             if failure.transient:
                 raise Unavailable(f"Twilio could not be read: {failure}", "TWILIO_UNAVAILABLE") from failure
             raise FailedPrecondition(f"Twilio refused the list: {failure}", "TWILIO_REFUSED") from failure
-        return sms_pb2.SyncFromTwilioResponse(scanned=result.scanned, created=result.created,
-                                              updated=result.updated)
-
+        return sms_pb2.SyncFromTwilioResponse(scanned=result.scanned, created=result.created, updated=result.updated)

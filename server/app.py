@@ -121,8 +121,11 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls and returns."""
     cfg.require("SMS_JWT_SECRET")
     if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
-        log.warning("neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set: outbound conversations "
-                    "are filed under %r and will not meet the replies to them", cfg.our_number)
+        log.warning(
+            "neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set: outbound conversations "
+            "are filed under %r and will not meet the replies to them",
+            cfg.our_number,
+        )
     async with open_resources(cfg) as res:
         await res.store.ensure_indexes()
         events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)
@@ -135,8 +138,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
         )
         server.add_insecure_port(cfg.grpc_addr)
         await server.start()

@@ -171,9 +171,7 @@ class Config:
             send_max_tries=_int(e, "SMS_SEND_MAX_TRIES", cls.send_max_tries, minimum=1),
             job_timeout_seconds=_int(e, "SMS_JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds, minimum=1),
             reconcile_age_seconds=_float(e, "SMS_RECONCILE_AGE_SECONDS", cls.reconcile_age_seconds),
-            reconcile_interval_seconds=_float(
-                e, "SMS_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds
-            ),
+            reconcile_interval_seconds=_float(e, "SMS_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds),
             sync_interval_seconds=_float(e, "SMS_SYNC_INTERVAL_SECONDS", cls.sync_interval_seconds),
             health_check_interval_seconds=_int(
                 e, "SMS_HEALTH_CHECK_INTERVAL_SECONDS", cls.health_check_interval_seconds, minimum=1

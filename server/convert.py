@@ -23,8 +23,9 @@ def message_to_proto(doc: Doc) -> types_pb2.Message:
         from_number=doc.get("from", ""),
         to_number=doc.get("to", ""),
         body=doc.get("body", ""),
-        media=[types_pb2.Media(url=m.get("url", ""), content_type=m.get("content_type", ""))
-               for m in doc.get("media", [])],
+        media=[
+            types_pb2.Media(url=m.get("url", ""), content_type=m.get("content_type", "")) for m in doc.get("media", [])
+        ],
         status=st.to_proto(doc.get("status", "")),
         status_history=[
             types_pb2.StatusChange(
@@ -62,8 +63,7 @@ def conversation_to_proto(doc: Doc) -> types_pb2.Conversation:
         owner=doc.get("owner", ""),
         last_message_preview=doc.get("last_message_preview", ""),
         last_message_time=to_timestamp(doc.get("last_message_at")),
-        last_message_direction=_DIRECTION.get(doc.get("last_message_direction", ""),
-                                              types_pb2.DIRECTION_UNSPECIFIED),
+        last_message_direction=_DIRECTION.get(doc.get("last_message_direction", ""), types_pb2.DIRECTION_UNSPECIFIED),
         unread_count=doc.get("unread_count", 0),
         message_count=doc.get("message_count", 0),
         opted_out=doc.get("opted_out", False),

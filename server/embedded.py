@@ -58,14 +58,36 @@ class EmbeddedServer:
 def mongo_command(storage: Path | str, port: int) -> list[str]:
     """The command line that runs SecantusDB on `port` with data under `storage`."""
     daemon = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
-    return [daemon, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage),
-            "--log-level", "WARNING"]
+    return [
+        daemon,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(storage),
+        "--log-level",
+        "WARNING",
+    ]
 
 
 def redis_command(data_dir: Path, port: int) -> list[str]:
     """The command line that runs Valkey on `port`, persisting to `data_dir` (AOF)."""
-    return [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--appendonly", "yes", "--save", "", "--protected-mode", "no"]
+    return [
+        str(get_binary_path()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
 
 
 def mongo_uri(port: int) -> str:

@@ -92,4 +92,3 @@ def error_reason(exc: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
             detail.Unpack(info)
             return str(info.reason)
     return None
-

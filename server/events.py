@@ -37,7 +37,9 @@ class EventLog:
         succeeds is preceded by a gap marker, so readers on every replica resync rather than miss it.
         """
         fields: dict[bytes, bytes | str] = {
-            F_OWNER: owner, F_CONVERSATION: conversation_id, F_DATA: event.SerializeToString(),
+            F_OWNER: owner,
+            F_CONVERSATION: conversation_id,
+            F_DATA: event.SerializeToString(),
         }
         try:
             if self.lost:
@@ -60,7 +62,8 @@ class EventLog:
     async def conversation(self, doc: Doc) -> str | None:
         """Appends a conversation-updated event carrying the conversation as it now is."""
         event = types_pb2.Event(
-            type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED, time=to_timestamp(now()),
+            type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,
+            time=to_timestamp(now()),
             conversation=conversation_to_proto(doc),
         )
         return await self.append(event, doc.get("owner", ""), doc["_id"])
@@ -142,8 +145,9 @@ async def log_state(redis: Redis, name: str) -> LogState:
     return LogState.from_xinfo(info)
 
 
-async def read_page(redis: Redis, name: str, after: EventId, count: int
-                    ) -> tuple[LogState, list[tuple[bytes, dict[bytes, bytes]]]]:
+async def read_page(
+    redis: Redis, name: str, after: EventId, count: int
+) -> tuple[LogState, list[tuple[bytes, dict[bytes, bytes]]]]:
     """Entries after `after` (exclusive) and the log's bounds, read atomically so a trim cannot slip between."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.xinfo_stream(name)

@@ -71,8 +71,9 @@ class SendInput:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def validate_send(cfg: Config, to: str, body: str, media_urls: list[str], contact_id: str,
-                  request_id: str) -> SendInput:
+def validate_send(
+    cfg: Config, to: str, body: str, media_urls: list[str], contact_id: str, request_id: str
+) -> SendInput:
     """Send's input rules; InvalidArgument naming the offending field."""
     number = to_e164(to, cfg.default_region, "to")
     if len(media_urls) > MAX_MEDIA:
@@ -217,12 +218,23 @@ class Gateway:
         conv = await self.store.get_conversation(cid)
         if conv is None:
             t = now()
-            conv = await self.store.create_conversation({
-                "_id": cid, "our_number": self.our_number, "contact_number": req.to,
-                "contact_id": req.contact_id, "owner": caller.user_id, "last_message_preview": "",
-                "last_message_at": t, "last_message_direction": "", "unread_count": 0, "message_count": 0,
-                "opted_out": False, "created": t, "updated": t,
-            })
+            conv = await self.store.create_conversation(
+                {
+                    "_id": cid,
+                    "our_number": self.our_number,
+                    "contact_number": req.to,
+                    "contact_id": req.contact_id,
+                    "owner": caller.user_id,
+                    "last_message_preview": "",
+                    "last_message_at": t,
+                    "last_message_direction": "",
+                    "unread_count": 0,
+                    "message_count": 0,
+                    "opted_out": False,
+                    "created": t,
+                    "updated": t,
+                }
+            )
         if conv.get("opted_out"):
             raise FailedPrecondition(f"{req.to} has opted out (STOP); they must text START first", "OPTED_OUT")
         if caller.sees_all or conv["owner"] == caller.user_id:
@@ -235,8 +247,7 @@ class Gateway:
             conv = await self.store.get_conversation(cid)
             assert conv is not None
             return conv
-        raise PermissionDenied("this contact's conversation belongs to another agent",
-                               "CONVERSATION_OF_ANOTHER_AGENT")
+        raise PermissionDenied("this contact's conversation belongs to another agent", "CONVERSATION_OF_ANOTHER_AGENT")
 
     # Reading
 
@@ -261,8 +272,7 @@ class Gateway:
         return self._page("messages", docs, limit, "created", lambda d: str(d["_id"]))
 
     @staticmethod
-    def _page(kind: str, docs: list[Doc], limit: int, time_field: str,
-              key: Any) -> tuple[list[Doc], str]:
+    def _page(kind: str, docs: list[Doc], limit: int, time_field: str, key: Any) -> tuple[list[Doc], str]:
         if len(docs) <= limit:
             return docs, ""
         page = docs[:limit]
@@ -284,9 +294,18 @@ class Gateway:
 
     # Inbound
 
-    async def record_inbound(self, sid: str, from_raw: str, to_raw: str, body: str, media: list[Doc],
-                             segments: int, params: dict[str, str], received: datetime | None,
-                             messaging_service_sid: str = "") -> tuple[Doc, bool]:
+    async def record_inbound(
+        self,
+        sid: str,
+        from_raw: str,
+        to_raw: str,
+        body: str,
+        media: list[Doc],
+        segments: int,
+        params: dict[str, str],
+        received: datetime | None,
+        messaging_service_sid: str = "",
+    ) -> tuple[Doc, bool]:
         """Stores an inbound message once per sid; returns it and whether it was a replay."""
         if not sid:
             raise InvalidArgument("message_sid", "required")
@@ -297,19 +316,42 @@ class Gateway:
         side = self._our_side(ours, messaging_service_sid)
         cid = conversation_id(side, contact)
         t = now()
-        conv = await self.store.get_conversation(cid) or await self.store.create_conversation({
-            "_id": cid, "our_number": side, "contact_number": contact, "contact_id": "",
-            "owner": self.cfg.default_owner, "last_message_preview": "", "last_message_at": t,
-            "last_message_direction": "", "unread_count": 0, "message_count": 0, "opted_out": False,
-            "created": t, "updated": t,
-        })
+        conv = await self.store.get_conversation(cid) or await self.store.create_conversation(
+            {
+                "_id": cid,
+                "our_number": side,
+                "contact_number": contact,
+                "contact_id": "",
+                "owner": self.cfg.default_owner,
+                "last_message_preview": "",
+                "last_message_at": t,
+                "last_message_direction": "",
+                "unread_count": 0,
+                "message_count": 0,
+                "opted_out": False,
+                "created": t,
+                "updated": t,
+            }
+        )
         at = received or t
         doc: Doc = {
-            "conversation_id": cid, "direction": "inbound", "from": contact, "to": ours, "body": body,
-            "media": media, "status": st.RECEIVED,
+            "conversation_id": cid,
+            "direction": "inbound",
+            "from": contact,
+            "to": ours,
+            "body": body,
+            "media": media,
+            "status": st.RECEIVED,
             "status_history": [{"status": st.RECEIVED, "time": at, "applied": True}],
-            "twilio_sid": sid, "owner": conv["owner"], "contact_id": conv.get("contact_id", ""),
-            "segments": segments, "params": params, "attempts": 0, "pending": t, "created": t, "updated": t,
+            "twilio_sid": sid,
+            "owner": conv["owner"],
+            "contact_id": conv.get("contact_id", ""),
+            "segments": segments,
+            "params": params,
+            "attempts": 0,
+            "pending": t,
+            "created": t,
+            "updated": t,
         }
         try:
             # Insert first: the unique sid index is the dedupe, and new messages (the common case) save a read.
@@ -335,8 +377,9 @@ class Gateway:
 
     # Status
 
-    async def record_status(self, sid: str, raw_status: str, error_code: int, error_message: str,
-                            at: datetime | None) -> tuple[Doc, bool]:
+    async def record_status(
+        self, sid: str, raw_status: str, error_code: int, error_message: str, at: datetime | None
+    ) -> tuple[Doc, bool]:
         """Applies a Twilio status callback by the ranking rules; returns the message and whether it moved."""
         if not sid:
             raise InvalidArgument("message_sid", "required")
@@ -344,14 +387,21 @@ class Gateway:
         doc = await self.store.find_by_sid(sid)
         if doc is None:
             raise NotFound(f"no message with sid {sid}", "UNKNOWN_MESSAGE_SID")
-        doc, applied = await self.change_status(doc, new, at=at, error_code=error_code,
-                                                error_message=error_message)
+        doc, applied = await self.change_status(doc, new, at=at, error_code=error_code, error_message=error_message)
         if error_code == UNSUBSCRIBED_CODE:
             await self.opt_out(doc["conversation_id"])
         return doc, applied
 
-    async def change_status(self, doc: Doc, new: str, *, at: datetime | None = None, error_code: int = 0,
-                            error_message: str = "", set_fields: Doc | None = None) -> tuple[Doc, bool]:
+    async def change_status(
+        self,
+        doc: Doc,
+        new: str,
+        *,
+        at: datetime | None = None,
+        error_code: int = 0,
+        error_message: str = "",
+        set_fields: Doc | None = None,
+    ) -> tuple[Doc, bool]:
         """Records `new` in the history; moves the status only up the ranks. The one status writer.
 
         A status already in the history is a duplicate and changes nothing. `set_fields` are written

@@ -138,8 +138,10 @@ class Hub:
 
     async def start(self) -> None:
         """Starts the stream reader and the subscriber-count log line."""
-        self._tasks = [asyncio.create_task(self._read_loop(), name="hub-reader"),
-                       asyncio.create_task(self._count_loop(), name="hub-count")]
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="hub-reader"),
+            asyncio.create_task(self._count_loop(), name="hub-count"),
+        ]
 
     async def close(self) -> None:
         """Ends every open stream with UNAVAILABLE (clients reconnect elsewhere) and stops reading."""
@@ -206,8 +208,9 @@ class Hub:
                     state = await log_state(self.redis, self.stream)
                     if failed:
                         # Appends may have failed while Redis was away: tell everyone rather than guess.
-                        log.warning("hub: event log reachable again at %s; subscribers must resync",
-                                    format_event_id(state.last))
+                        log.warning(
+                            "hub: event log reachable again at %s; subscribers must resync", format_event_id(state.last)
+                        )
                         for sub in self._all():
                             sub.owe_resync(state.last, LOG_UNAVAILABLE)
                     self.position = state.last
@@ -240,9 +243,13 @@ class Hub:
                 continue
             owner = fields.get(F_OWNER, b"").decode()
             conversation = fields.get(F_CONVERSATION, b"").decode()
-            targets = [sub for group in (self._by_owner.get(owner), self._everything,
-                                         self._by_conversation.get(conversation)) if group
-                       for sub in group if sub.wants(owner, conversation)]
+            targets = [
+                sub
+                for group in (self._by_owner.get(owner), self._everything, self._by_conversation.get(conversation))
+                if group
+                for sub in group
+                if sub.wants(owner, conversation)
+            ]
             if not targets:
                 continue
             try:

@@ -27,8 +27,15 @@ class IngestServicer(ingest_pb2_grpc.SmsIngestServiceServicer):
         media = [{"url": m.url, "content_type": m.content_type} for m in request.media]
         received = aware(request.receive_time.ToDatetime()) if request.HasField("receive_time") else None
         doc, duplicate = await self.gateway.record_inbound(
-            request.message_sid, request.from_number, request.to_number, request.body, media,
-            request.num_segments, dict(request.params), received, request.messaging_service_sid,
+            request.message_sid,
+            request.from_number,
+            request.to_number,
+            request.body,
+            media,
+            request.num_segments,
+            dict(request.params),
+            received,
+            request.messaging_service_sid,
         )
         return ingest_pb2.RecordInboundResponse(message=message_to_proto(doc), duplicate=duplicate)
 

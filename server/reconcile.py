@@ -46,8 +46,9 @@ async def reconcile_once(cfg: Config, gateway: Gateway, arq: ArqRedis) -> int:
     return enqueued
 
 
-async def every(interval: float, lock_key: str, arq: ArqRedis, duty: Callable[[], Awaitable[object]],
-                stopping: asyncio.Event) -> None:
+async def every(
+    interval: float, lock_key: str, arq: ArqRedis, duty: Callable[[], Awaitable[object]], stopping: asyncio.Event
+) -> None:
     """Runs `duty` every `interval` seconds in one worker of many (a Redis lock per tick) until `stopping`."""
     name = getattr(duty, "__name__", lock_key)
     while not stopping.is_set():

@@ -93,9 +93,14 @@ class Sending:
         # settle (one list request) for a worker killed while waiting.
         t = now()
         doc, _ = await self.gateway.change_status(
-            doc, st.SENDING,
-            set_fields={"attempts": attempt, "in_flight": {"at": t, "attempt": attempt}, "retry_at": None,
-                        "send_due": t},
+            doc,
+            st.SENDING,
+            set_fields={
+                "attempts": attempt,
+                "in_flight": {"at": t, "attempt": attempt},
+                "retry_at": None,
+                "send_due": t,
+            },
         )
         media = [m["url"] for m in doc.get("media", []) if m.get("url")]
         try:
@@ -108,8 +113,13 @@ class Sending:
     async def _adopt(self, doc: Doc, msg: TwilioMessage) -> Doc:
         """Stores Twilio's message as this message's: sid, status (when above SENDING), segments, price."""
         fields: Doc = {
-            "twilio_sid": msg.sid, "twilio_status": msg.status, "segments": msg.segments, "in_flight": None,
-            "retry_at": None, "send_due": None, "sent_at": now(),
+            "twilio_sid": msg.sid,
+            "twilio_status": msg.status,
+            "segments": msg.segments,
+            "in_flight": None,
+            "retry_at": None,
+            "send_due": None,
+            "sent_at": now(),
         }
         if msg.price is not None:
             fields["price"] = msg.price
@@ -120,8 +130,9 @@ class Sending:
         # Twilio answers a create with queued/accepted, below our SENDING: the status stays until callbacks.
         twilio_status = _known(msg.status)
         new = twilio_status if st.moves(st.SENDING, twilio_status) else st.SENDING
-        doc, _ = await self.gateway.change_status(doc, new, error_code=msg.error_code,
-                                                  error_message=msg.error_message, set_fields=fields)
+        doc, _ = await self.gateway.change_status(
+            doc, new, error_code=msg.error_code, error_message=msg.error_message, set_fields=fields
+        )
         if msg.error_code == UNSUBSCRIBED_CODE:
             await self.gateway.opt_out(doc["conversation_id"])
         return doc
@@ -149,8 +160,9 @@ class Sending:
         fields: Doc = {"in_flight": None, "retry_at": None, "send_due": None}
         if code or message:
             fields["last_error"] = {"code": code, "message": message, "at": now()}
-        doc, _ = await self.gateway.change_status(doc, st.FAILED, error_code=code, error_message=message,
-                                                  set_fields=fields)
+        doc, _ = await self.gateway.change_status(
+            doc, st.FAILED, error_code=code, error_message=message, set_fields=fields
+        )
         if code == UNSUBSCRIBED_CODE:
             await self.gateway.opt_out(doc["conversation_id"])
 
@@ -185,8 +197,10 @@ class Sending:
         async for m in self.twilio.messages(
             # No DateSent filter: a message Twilio still queues (long codes send 1 segment/s) has no date_sent
             # and could be left out by one, and then sent twice. Newest first, cut off by creation below.
-            to=doc["to"], from_=self.cfg.twilio_from_number or None,
-            page_size=SETTLE_PAGE_SIZE, max_pages=SETTLE_PAGES,
+            to=doc["to"],
+            from_=self.cfg.twilio_from_number or None,
+            page_size=SETTLE_PAGE_SIZE,
+            max_pages=SETTLE_PAGES,
         ):
             if not m.direction.startswith("outbound") or m.body != doc.get("body", ""):
                 continue

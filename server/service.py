@@ -31,15 +31,14 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     @unary
     async def Send(self, request: sms_pb2.SendRequest, context: Context) -> sms_pb2.SendResponse:
         caller = authenticate(self.secret, context)
-        req = validate_send(self.cfg, request.to, request.body, list(request.media_urls), request.contact_id,
-                            request.request_id)
+        req = validate_send(
+            self.cfg, request.to, request.body, list(request.media_urls), request.contact_id, request.request_id
+        )
         doc, duplicate = await self.gateway.send(caller, req)
         return sms_pb2.SendResponse(message=message_to_proto(doc), duplicate=duplicate)
 
     @unary
-    async def GetMessage(
-        self, request: sms_pb2.GetMessageRequest, context: Context
-    ) -> sms_pb2.GetMessageResponse:
+    async def GetMessage(self, request: sms_pb2.GetMessageRequest, context: Context) -> sms_pb2.GetMessageResponse:
         caller = authenticate(self.secret, context)
         doc = await self.gateway.message_for(caller, request.message_id)
         return sms_pb2.GetMessageResponse(message=message_to_proto(doc))

@@ -12,11 +12,18 @@ DELIVERED, UNDELIVERED, FAILED, READ = "delivered", "undelivered", "failed", "re
 RECEIVED = "received"
 
 _RANK = {
-    "accepted": 0, "scheduled": 0, "queued": 0, "receiving": 0,
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 0,
+    "receiving": 0,
     "sending": 1,
     "sent": 2,
     # Terminal: the first one wins; only `read` may follow.
-    "delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "received": 3,
+    "delivered": 3,
+    "undelivered": 3,
+    "failed": 3,
+    "canceled": 3,
+    "received": 3,
     "partially_delivered": 3,
     "read": 4,
 }

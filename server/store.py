@@ -87,8 +87,7 @@ class Store:
 
     async def ensure_indexes(self) -> None:
         """Indexes for every query below; each list query is served by a keyset index."""
-        await self.messages.create_index([("conversation_id", ASCENDING), ("created", DESCENDING),
-                                          ("_id", DESCENDING)])
+        await self.messages.create_index([("conversation_id", ASCENDING), ("created", DESCENDING), ("_id", DESCENDING)])
         # Sparse, not partial: SecantusDB does not use partial indexes for lookups, and a full scan per
         # webhook grows with the collection. Both fields are absent (never null) until they have a value.
         await self.messages.create_index("twilio_sid", name="twilio_sid_sparse", unique=True, sparse=True)
@@ -99,8 +98,9 @@ class Store:
         await self.messages.create_index("sent_at", name="sent_at_sparse", sparse=True)
         await self.messages.create_index("send_due", name="send_due_sparse", sparse=True)
         await self.messages.create_index([("status", ASCENDING), ("created", ASCENDING)])
-        await self.conversations.create_index([("owner", ASCENDING), ("last_message_at", DESCENDING),
-                                               ("_id", DESCENDING)])
+        await self.conversations.create_index(
+            [("owner", ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
+        )
         await self.conversations.create_index([("last_message_at", DESCENDING), ("_id", DESCENDING)])
 
     # Conversations
@@ -142,9 +142,7 @@ class Store:
             {"_id": cid, "last_message_at": {"$lte": created}}, {"$set": last, "$inc": inc}
         )
         if result.matched_count == 0:
-            await self.conversations.update_one(
-                {"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}}
-            )
+            await self.conversations.update_one({"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}})
 
     async def set_opted_out(self, cid: str, opted_out: bool) -> bool:
         """Sets the flag; True when it changed."""

@@ -44,8 +44,9 @@ class TwilioFailure(Exception):
     error (a timeout, a dropped connection, a 5xx), so a create must be settled before it is sent again.
     """
 
-    def __init__(self, code: int, message: str, *, transient: bool, maybe_processed: bool,
-                 http_status: int = 0) -> None:
+    def __init__(
+        self, code: int, message: str, *, transient: bool, maybe_processed: bool, http_status: int = 0
+    ) -> None:
         super().__init__(f"{code or http_status or 'no code'}: {message}")
         self.code = code
         self.message = message
@@ -108,8 +109,7 @@ def classify(exc: BaseException, timeout: float) -> TwilioFailure:
     if isinstance(exc, TwilioFailure):
         return exc
     if isinstance(exc, TimeoutError):
-        return TwilioFailure(0, f"Twilio did not answer within {timeout:g} s", transient=True,
-                             maybe_processed=True)
+        return TwilioFailure(0, f"Twilio did not answer within {timeout:g} s", transient=True, maybe_processed=True)
     if isinstance(exc, TwilioRestException | TwilioServiceException):
         status = int(getattr(exc, "status", 0) or 0)
         code = _int(getattr(exc, "code", 0)) or status
@@ -126,8 +126,9 @@ def classify(exc: BaseException, timeout: float) -> TwilioFailure:
         # The connection was never made, so the request never reached Twilio.
         return TwilioFailure(0, f"cannot connect to Twilio: {exc}", transient=True, maybe_processed=False)
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return TwilioFailure(0, f"network error talking to Twilio: {exc.__class__.__name__}: {exc}",
-                             transient=True, maybe_processed=True)
+        return TwilioFailure(
+            0, f"network error talking to Twilio: {exc.__class__.__name__}: {exc}", transient=True, maybe_processed=True
+        )
     raise exc
 
 
@@ -187,9 +188,16 @@ class TwilioSender:
         inst = await self._call(lambda: self.client.messages.create_async(**kwargs))
         return TwilioMessage.of(inst)
 
-    async def messages(self, *, to: str | None = None, from_: str | None = None,
-                       sent_after: datetime | str | None = None, sent_before: datetime | str | None = None,
-                       page_size: int = 100, max_pages: int | None = None) -> AsyncIterator[TwilioMessage]:
+    async def messages(
+        self,
+        *,
+        to: str | None = None,
+        from_: str | None = None,
+        sent_after: datetime | str | None = None,
+        sent_before: datetime | str | None = None,
+        page_size: int = 100,
+        max_pages: int | None = None,
+    ) -> AsyncIterator[TwilioMessage]:
         """Twilio's message list (newest first), page by page; each page is one bounded request."""
         kwargs: dict[str, Any] = {"page_size": page_size}
         if to:

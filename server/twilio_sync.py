@@ -35,14 +35,17 @@ def _moment(m: TwilioMessage) -> datetime | None:
     return m.date_sent or m.date_created
 
 
-async def sync_window(store: Store, gateway: Gateway, twilio: TwilioSender, start: datetime,
-                      end: datetime) -> SyncResult:
+async def sync_window(
+    store: Store, gateway: Gateway, twilio: TwilioSender, start: datetime, end: datetime
+) -> SyncResult:
     """Upserts every Twilio message sent in [start, end]; raises TwilioFailure when Twilio cannot be read."""
     result = SyncResult()
     # twilio-python sends whole seconds: widen the asked window to them, then keep to [start, end] below.
-    async for m in twilio.messages(sent_after=start.replace(microsecond=0),
-                                   sent_before=end.replace(microsecond=0) + timedelta(seconds=1),
-                                   page_size=SYNC_PAGE_SIZE):
+    async for m in twilio.messages(
+        sent_after=start.replace(microsecond=0),
+        sent_before=end.replace(microsecond=0) + timedelta(seconds=1),
+        page_size=SYNC_PAGE_SIZE,
+    ):
         moment = _moment(m)
         # Twilio may filter by day only; keep to the asked window ourselves.
         if moment is not None and not (start.replace(microsecond=0) <= moment <= end):
@@ -53,8 +56,14 @@ async def sync_window(store: Store, gateway: Gateway, twilio: TwilioSender, star
                 result.created += 1
         elif await _outbound(store, gateway, m):
             result.updated += 1
-    log.info("sync %s..%s: scanned %d, created %d, updated %d", start.isoformat(), end.isoformat(),
-             result.scanned, result.created, result.updated)
+    log.info(
+        "sync %s..%s: scanned %d, created %d, updated %d",
+        start.isoformat(),
+        end.isoformat(),
+        result.scanned,
+        result.created,
+        result.updated,
+    )
     return result
 
 
@@ -63,8 +72,9 @@ async def _inbound(gateway: Gateway, m: TwilioMessage) -> bool:
     if not m.from_ or not m.to:
         return False
     # Media of a synced message is not fetched (one more request per message); the body is kept.
-    _, replay = await gateway.record_inbound(m.sid, m.from_, m.to, m.body, [], m.segments or 1,
-                                             {"SyncedFrom": "twilio-list"}, _moment(m))
+    _, replay = await gateway.record_inbound(
+        m.sid, m.from_, m.to, m.body, [], m.segments or 1, {"SyncedFrom": "twilio-list"}, _moment(m)
+    )
     return not replay
 
 
@@ -79,8 +89,7 @@ async def _outbound(store: Store, gateway: Gateway, m: TwilioMessage) -> bool:
         return False
     if not st.moves(doc["status"], new):
         return False  # nothing newer; an older status would only add noise to the history
-    doc, applied = await gateway.change_status(doc, new, error_code=m.error_code,
-                                               error_message=m.error_message)
+    doc, applied = await gateway.change_status(doc, new, error_code=m.error_code, error_message=m.error_message)
     if m.error_code == UNSUBSCRIBED_CODE:
         await gateway.opt_out(doc["conversation_id"])
     return applied

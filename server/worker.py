@@ -66,8 +66,15 @@ def worker_settings(cfg: Config) -> dict[str, Any]:
     """Keyword arguments for arq's Worker: every arq setting the worker uses, from Config."""
     assert cfg.redis_url is not None
     return {
-        "functions": [func(send_message, name=SEND_JOB, timeout=cfg.job_timeout_seconds,
-                           max_tries=arq_max_tries(cfg), keep_result=0)],
+        "functions": [
+            func(
+                send_message,
+                name=SEND_JOB,
+                timeout=cfg.job_timeout_seconds,
+                max_tries=arq_max_tries(cfg),
+                keep_result=0,
+            )
+        ],
         "queue_name": cfg.arq_queue,
         "redis_settings": RedisSettings.from_dsn(cfg.redis_url),
         "max_jobs": cfg.send_concurrency,
@@ -101,10 +108,17 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     stopping = asyncio.Event()
     ctx["stopping"] = stopping
-    tasks = [asyncio.create_task(every(
-        cfg.reconcile_interval_seconds, cfg.arq_queue + ":reconcile-lock", res.arq,
-        lambda: reconcile_once(cfg, gateway, res.arq), stopping,
-    ))]
+    tasks = [
+        asyncio.create_task(
+            every(
+                cfg.reconcile_interval_seconds,
+                cfg.arq_queue + ":reconcile-lock",
+                res.arq,
+                lambda: reconcile_once(cfg, gateway, res.arq),
+                stopping,
+            )
+        )
+    ]
     if cfg.sync_interval_seconds > 0:
         window = max(timedelta(seconds=cfg.sync_interval_seconds * SYNC_LOOKBACK_INTERVALS), SYNC_MIN_WINDOW)
 
@@ -112,15 +126,31 @@ async def startup(ctx: dict[str, Any]) -> None:
             end = now()
             await sync_window(res.store, gateway, twilio, end - window, end)
 
-        tasks.append(asyncio.create_task(every(
-            cfg.sync_interval_seconds, cfg.arq_queue + ":sync-lock", res.arq, periodic_sync, stopping,
-        )))
+        tasks.append(
+            asyncio.create_task(
+                every(
+                    cfg.sync_interval_seconds,
+                    cfg.arq_queue + ":sync-lock",
+                    res.arq,
+                    periodic_sync,
+                    stopping,
+                )
+            )
+        )
     ctx["background"] = tasks
     if cfg.job_timeout_seconds < 2 * cfg.twilio_timeout_seconds + 1:
-        log.warning("SMS_JOB_TIMEOUT_SECONDS (%d) is short for two Twilio calls of up to %g s (settle + send)",
-                    cfg.job_timeout_seconds, cfg.twilio_timeout_seconds)
-    log.info("worker ready: queue %s, %d jobs at once, %d Twilio requests at once, job timeout %d s",
-             cfg.arq_queue, cfg.send_concurrency, cfg.twilio_max_concurrency, cfg.job_timeout_seconds)
+        log.warning(
+            "SMS_JOB_TIMEOUT_SECONDS (%d) is short for two Twilio calls of up to %g s (settle + send)",
+            cfg.job_timeout_seconds,
+            cfg.twilio_timeout_seconds,
+        )
+    log.info(
+        "worker ready: queue %s, %d jobs at once, %d Twilio requests at once, job timeout %d s",
+        cfg.arq_queue,
+        cfg.send_concurrency,
+        cfg.twilio_max_concurrency,
+        cfg.job_timeout_seconds,
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

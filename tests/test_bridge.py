@@ -46,29 +46,43 @@ def new_sid(prefix: str = "SM") -> str:
 
 
 def test_twilio_signature_test_vector() -> None:
-    params = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "From": "+14158675309", "To": "+18005551212",
-              "Caller": "+14158675309"}
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Digits": "1234",
+        "From": "+14158675309",
+        "To": "+18005551212",
+        "Caller": "+14158675309",
+    }
     expected = "RSOYDt4T1cUTdK1PDd93/VVr8B8="
     assert compute_signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", params) == expected
     verifier = SignatureVerifier("12345", "https://mycompany.com")
     assert verifier.verify("/myapp.php?foo=1&bar=2", params, expected) is Verdict.VALID
     # Twilio may or may not have included the default port; both forms verify.
-    assert SignatureVerifier("12345", "https://mycompany.com:443").verify(
-        "/myapp.php?foo=1&bar=2", params, expected) is Verdict.VALID
+    assert (
+        SignatureVerifier("12345", "https://mycompany.com:443").verify("/myapp.php?foo=1&bar=2", params, expected)
+        is Verdict.VALID
+    )
     assert verifier.verify("/myapp.php?foo=1&bar=3", params, expected) is Verdict.INVALID
     assert verifier.verify("/myapp.php?foo=1&bar=2", {**params, "Digits": "1235"}, expected) is Verdict.INVALID
-    assert SignatureVerifier("54321", "https://mycompany.com").verify(
-        "/myapp.php?foo=1&bar=2", params, expected) is Verdict.INVALID
+    assert (
+        SignatureVerifier("54321", "https://mycompany.com").verify("/myapp.php?foo=1&bar=2", params, expected)
+        is Verdict.INVALID
+    )
     assert verifier.verify("/myapp.php?foo=1&bar=2", params, None) is Verdict.MISSING
     assert verifier.verify("/myapp.php?foo=1&bar=2", params, "") is Verdict.MISSING
 
 
-@pytest.mark.parametrize("base", ["https://a.example", "https://a.example:443", "http://a.example:8080/x",
-                                  "https://a.example:8443/p/"])
+@pytest.mark.parametrize(
+    "base", ["https://a.example", "https://a.example:443", "http://a.example:8080/x", "https://a.example:8443/p/"]
+)
 def test_verifier_agrees_with_request_validator(base: str) -> None:
     rng = random.Random(base)
-    signers = [base, base.replace(":443", ""), base.replace("https://a.example", "https://a.example:443"),
-               "https://b.example"]
+    signers = [
+        base,
+        base.replace(":443", ""),
+        base.replace("https://a.example", "https://a.example:443"),
+        "https://b.example",
+    ]
     for _ in range(200):
         params = {f"{rng.choice('ABC')}{i}": "".join(rng.choices("ab +%&=é", k=4)) for i in range(rng.randint(0, 4))}
         path = "/twilio/inbound" + rng.choice(["", "?a=1&b=2", "?x=%20y"])
@@ -93,13 +107,23 @@ def test_inbound_form_keeps_media_and_unknown_parameters() -> None:
     )
     req = inbound_request(form)
     assert (req.message_sid, req.account_sid, req.from_number, req.to_number) == (
-        "MM1", "AC1", "+14155550100", "+15005550006")
+        "MM1",
+        "AC1",
+        "+14155550100",
+        "+15005550006",
+    )
     assert req.body == "hi there!"
     assert [(m.url, m.content_type) for m in req.media] == [
-        ("https://m.example/0", "image/jpeg"), ("https://m.example/1", "image/png")]
+        ("https://m.example/0", "image/jpeg"),
+        ("https://m.example/1", "image/png"),
+    ]
     assert req.num_segments == 1
-    assert dict(req.params) == {"FromCity": "SAN FRANCISCO", "ApiVersion": "2010-04-01", "SomethingNew": "42",
-                                "Empty": ""}
+    assert dict(req.params) == {
+        "FromCity": "SAN FRANCISCO",
+        "ApiVersion": "2010-04-01",
+        "SomethingNew": "42",
+        "Empty": "",
+    }
 
 
 def test_inbound_form_keeps_malformed_numbers_instead_of_failing() -> None:
@@ -110,8 +134,9 @@ def test_inbound_form_keeps_malformed_numbers_instead_of_failing() -> None:
 
 
 def test_status_form_parses_dlr_date_else_now() -> None:
-    form = parse_form(b"MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30003&RawDlrDoneDate=2408240501"
-                      b"&SmsStatus=undelivered")
+    form = parse_form(
+        b"MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30003&RawDlrDoneDate=2408240501&SmsStatus=undelivered"
+    )
     req = status_request(form)
     assert (req.message_sid, req.message_status, req.error_code) == ("SM1", "undelivered", 30003)
     assert req.status_time.ToDatetime(tzinfo=UTC) == datetime(2024, 8, 24, 5, 1, tzinfo=UTC)
@@ -129,12 +154,15 @@ def test_unparsable_bodies_are_refused(body: bytes) -> None:
         parse_form(body)
 
 
-@pytest.mark.parametrize(("body", "convert"), [
-    (b"From=%2B1&To=%2B2", inbound_request),
-    (b"MessageSid=SM1&From=%2B1", inbound_request),
-    (b"MessageSid=SM1", status_request),
-    (b"MessageStatus=sent", status_request),
-])
+@pytest.mark.parametrize(
+    ("body", "convert"),
+    [
+        (b"From=%2B1&To=%2B2", inbound_request),
+        (b"MessageSid=SM1&From=%2B1", inbound_request),
+        (b"MessageSid=SM1", status_request),
+        (b"MessageStatus=sent", status_request),
+    ],
+)
 def test_required_parameters(body: bytes, convert: Callable[[Any], object]) -> None:
     with pytest.raises(FormError):
         convert(parse_form(body))
@@ -167,8 +195,9 @@ class Bridge:
     public_base: str  # what Twilio would have called
     token: str
 
-    def signed(self, path: str, params: Mapping[str, str], *, token: str | None = None,
-               public_base: str | None = None) -> dict[str, str]:
+    def signed(
+        self, path: str, params: Mapping[str, str], *, token: str | None = None, public_base: str | None = None
+    ) -> dict[str, str]:
         """Headers Twilio would send for `params` posted to `path`."""
         url = (public_base or self.public_base) + path
         return {"X-Twilio-Signature": RequestValidator(token or self.token).compute_signature(url, params)}
@@ -176,8 +205,14 @@ class Bridge:
 
 def start_bridge(base_env: Mapping[str, str], grpc_target: str, **extra: str) -> Bridge:
     port = free_port()
-    env = {**base_env, "SMS_BRIDGE_ADDR": f"127.0.0.1:{port}", "SMS_GRPC_TARGET": grpc_target,
-           "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "SMS_PUBLIC_BASE_URL": PUBLIC_BASE, **extra}
+    env = {
+        **base_env,
+        "SMS_BRIDGE_ADDR": f"127.0.0.1:{port}",
+        "SMS_GRPC_TARGET": grpc_target,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "SMS_PUBLIC_BASE_URL": PUBLIC_BASE,
+        **extra,
+    }
     proc = start_http_process("bridge", "bridge", env, "127.0.0.1", port)
     return Bridge(proc, f"http://127.0.0.1:{port}", PUBLIC_BASE, AUTH_TOKEN)
 
@@ -202,8 +237,13 @@ class Answer:
     headers: Mapping[str, str]
 
 
-async def post(http: aiohttp.ClientSession, bridge: Bridge, path: str, params: Mapping[str, str],
-               headers: Mapping[str, str] | None = None) -> Answer:
+async def post(
+    http: aiohttp.ClientSession,
+    bridge: Bridge,
+    path: str,
+    params: Mapping[str, str],
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
     """Posts `params` as Twilio would, signed unless `headers` is given."""
     hdrs = dict(bridge.signed(path, params) if headers is None else headers)
     async with http.post(bridge.url + path, data=dict(params), headers=hdrs) as resp:
@@ -211,15 +251,35 @@ async def post(http: aiohttp.ClientSession, bridge: Bridge, path: str, params: M
 
 
 def inbound_params(sid: str, from_number: str, body: str = "hello", **extra: str) -> dict[str, str]:
-    return {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": ACCOUNT_SID,
-            "From": from_number, "To": OUR_NUMBER, "Body": body, "NumMedia": "0", "NumSegments": "1",
-            "SmsStatus": "received", "ApiVersion": "2010-04-01", "FromCity": "SAN FRANCISCO", **extra}
+    return {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "SmsMessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": from_number,
+        "To": OUR_NUMBER,
+        "Body": body,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "SmsStatus": "received",
+        "ApiVersion": "2010-04-01",
+        "FromCity": "SAN FRANCISCO",
+        **extra,
+    }
 
 
 def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
-    return {"MessageSid": sid, "SmsSid": sid, "AccountSid": ACCOUNT_SID, "From": OUR_NUMBER,
-            "To": "+14155550100", "MessageStatus": status, "SmsStatus": status, "ApiVersion": "2010-04-01",
-            **extra}
+    return {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": OUR_NUMBER,
+        "To": "+14155550100",
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
 
 
 async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = 15.0) -> None:
@@ -248,8 +308,7 @@ async def healthz(http: aiohttp.ClientSession, bridge: Bridge) -> int:
         return resp.status
 
 
-async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSession, bridge: Bridge,
-                                                        db: Any) -> None:
+async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
     sid, contact = new_sid(), unique_number()
     answer = await post(http, bridge, "/twilio/inbound", inbound_params(sid, contact, "Hi from the test"))
     assert answer.status == 200, answer.text
@@ -257,8 +316,12 @@ async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSess
     assert answer.headers["Content-Type"].startswith("text/xml")
     msg = await db.messages.find_one({"twilio_sid": sid})
     assert msg is not None
-    assert (msg["direction"], msg["from"], msg["to"], msg["body"]) == ("inbound", contact, OUR_NUMBER,
-                                                                       "Hi from the test")
+    assert (msg["direction"], msg["from"], msg["to"], msg["body"]) == (
+        "inbound",
+        contact,
+        OUR_NUMBER,
+        "Hi from the test",
+    )
     assert msg["params"]["FromCity"] == "SAN FRANCISCO"
     assert msg["params"]["ApiVersion"] == "2010-04-01"
     conv = await db.conversations.find_one({"_id": msg["conversation_id"]})
@@ -267,8 +330,9 @@ async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSess
 
 
 @pytest.mark.parametrize("tamper", ["changed_param", "wrong_token", "other_url", "no_header", "added_param"])
-async def test_bad_signature_is_refused_and_nothing_stored(http: aiohttp.ClientSession, bridge: Bridge, db: Any,
-                                                           tamper: str) -> None:
+async def test_bad_signature_is_refused_and_nothing_stored(
+    http: aiohttp.ClientSession, bridge: Bridge, db: Any, tamper: str
+) -> None:
     sid = new_sid()
     params = inbound_params(sid, unique_number())
     path = "/twilio/inbound"
@@ -295,13 +359,11 @@ async def test_bad_signature_is_refused_and_nothing_stored(http: aiohttp.ClientS
 
 async def test_status_signature_is_checked_too(http: aiohttp.ClientSession, bridge: Bridge) -> None:
     params = status_params(new_sid(), "sent")
-    answer = await post(http, bridge, "/twilio/status", params,
-                        headers=bridge.signed("/twilio/inbound", params))
+    answer = await post(http, bridge, "/twilio/status", params, headers=bridge.signed("/twilio/inbound", params))
     assert answer.status == 403
 
 
-async def test_same_inbound_ten_times_is_stored_once(http: aiohttp.ClientSession, bridge: Bridge,
-                                                     db: Any) -> None:
+async def test_same_inbound_ten_times_is_stored_once(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
     sid = new_sid()
     params = inbound_params(sid, unique_number(), "only once")
     headers = {**bridge.signed("/twilio/inbound", params), "I-Twilio-Idempotency-Token": uuid.uuid4().hex}
@@ -315,14 +377,23 @@ async def test_same_inbound_ten_times_is_stored_once(http: aiohttp.ClientSession
 
 async def test_mms_media_is_kept(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
     sid = new_sid("MM")
-    params = inbound_params(sid, unique_number(), "", NumMedia="2",
-                            MediaUrl0="https://api.twilio.com/media/ME0", MediaContentType0="image/jpeg",
-                            MediaUrl1="https://api.twilio.com/media/ME1", MediaContentType1="video/mp4")
+    params = inbound_params(
+        sid,
+        unique_number(),
+        "",
+        NumMedia="2",
+        MediaUrl0="https://api.twilio.com/media/ME0",
+        MediaContentType0="image/jpeg",
+        MediaUrl1="https://api.twilio.com/media/ME1",
+        MediaContentType1="video/mp4",
+    )
     answer = await post(http, bridge, "/twilio/inbound", params)
     assert answer.status == 200, answer.text
     msg = await db.messages.find_one({"twilio_sid": sid})
-    assert msg["media"] == [{"url": "https://api.twilio.com/media/ME0", "content_type": "image/jpeg"},
-                            {"url": "https://api.twilio.com/media/ME1", "content_type": "video/mp4"}]
+    assert msg["media"] == [
+        {"url": "https://api.twilio.com/media/ME0", "content_type": "image/jpeg"},
+        {"url": "https://api.twilio.com/media/ME1", "content_type": "video/mp4"},
+    ]
 
 
 async def test_stop_and_start_change_opt_out(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
@@ -346,17 +417,23 @@ _PATHS = [
 ]
 
 
-async def test_status_callbacks_shuffled_with_duplicates(http: aiohttp.ClientSession, bridge: Bridge,
-                                                         grpc_server: str, db: Any) -> None:
+async def test_status_callbacks_shuffled_with_duplicates(
+    http: aiohttp.ClientSession, bridge: Bridge, grpc_server: str, db: Any
+) -> None:
     contact = unique_number()
     agent = f"agent-{uuid.uuid4().hex[:8]}"
     async with grpc.aio.insecure_channel(grpc_server) as channel:
         sms = sms_pb2_grpc.SmsServiceStub(channel)
-        sent = await asyncio.gather(*(
-            sms.Send(sms_pb2.SendRequest(to=contact, body=f"outbound {i}", request_id=f"bridge-status-{i}"),
-                     metadata=auth(agent), timeout=30)
-            for i in range(100)
-        ))
+        sent = await asyncio.gather(
+            *(
+                sms.Send(
+                    sms_pb2.SendRequest(to=contact, body=f"outbound {i}", request_id=f"bridge-status-{i}"),
+                    metadata=auth(agent),
+                    timeout=30,
+                )
+                for i in range(100)
+            )
+        )
     messages = [r.message for r in sent]
     # The worker writes Twilio's sid on the message once the create call answered; do the same here.
     expected: dict[str, tuple[set[str], str]] = {}
@@ -394,8 +471,9 @@ async def test_status_callbacks_shuffled_with_duplicates(http: aiohttp.ClientSes
             assert msg["error_code"] == 30003
 
 
-async def test_status_for_unknown_sid_is_503_until_stored(http: aiohttp.ClientSession, bridge: Bridge,
-                                                          grpc_server: str, db: Any) -> None:
+async def test_status_for_unknown_sid_is_503_until_stored(
+    http: aiohttp.ClientSession, bridge: Bridge, grpc_server: str, db: Any
+) -> None:
     sid = new_sid()
     params = status_params(sid, "delivered", RawDlrDoneDate="2408240501")
     started = time.monotonic()
@@ -406,7 +484,8 @@ async def test_status_for_unknown_sid_is_503_until_stored(http: aiohttp.ClientSe
     # The worker stores the sid; Twilio's retry of the same callback is then recorded.
     async with grpc.aio.insecure_channel(grpc_server) as channel:
         sent = await sms_pb2_grpc.SmsServiceStub(channel).Send(
-            sms_pb2.SendRequest(to=unique_number(), body="late sid"), metadata=auth("agent-late"), timeout=30)
+            sms_pb2.SendRequest(to=unique_number(), body="late sid"), metadata=auth("agent-late"), timeout=30
+        )
     await db.messages.update_one({"_id": ObjectId(sent.message.id)}, {"$set": {"twilio_sid": sid}})
     answer = await post(http, bridge, "/twilio/status", params)
     assert answer.status == 200
@@ -447,8 +526,9 @@ async def test_oversized_bodies_get_413(http: aiohttp.ClientSession, bridge: Bri
         for _ in range(20):
             yield b"y" * 4096
 
-    async with http.post(bridge.url + "/twilio/inbound", data=chunks(),
-                         headers={"Content-Type": "application/x-www-form-urlencoded"}) as resp:
+    async with http.post(
+        bridge.url + "/twilio/inbound", data=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    ) as resp:
         assert resp.status == 413
     assert await db.messages.count_documents({"twilio_sid": sid}) == 0
     assert await metric(http, bridge, 'sms_bridge_posts_total{route="inbound",outcome="too_large"}') == before + 2
@@ -470,8 +550,9 @@ async def test_metrics_move(http: aiohttp.ClientSession, bridge: Bridge) -> None
     assert after == [before[0] + 1, before[1] + 1, before[2] + 2]
 
 
-async def test_server_outage(base_env: dict[str, str], server_proc_factory: list[Proc],
-                             http: aiohttp.ClientSession, db: Any) -> None:
+async def test_server_outage(
+    base_env: dict[str, str], server_proc_factory: list[Proc], http: aiohttp.ClientSession, db: Any
+) -> None:
     port = free_port()
     server, target = start_server(base_env, port)
     server_proc_factory.append(server)
@@ -506,9 +587,9 @@ async def test_server_outage(base_env: dict[str, str], server_proc_factory: list
     assert b.proc.stop() == 0
 
 
-async def test_sigterm_finishes_in_flight_posts(base_env: dict[str, str], grpc_server: str,
-                                                server_proc_factory: list[Proc],
-                                                http: aiohttp.ClientSession) -> None:
+async def test_sigterm_finishes_in_flight_posts(
+    base_env: dict[str, str], grpc_server: str, server_proc_factory: list[Proc], http: aiohttp.ClientSession
+) -> None:
     b = start_bridge(base_env, grpc_server)
     server_proc_factory.append(b.proc)
     # A callback for a sid nobody stored is re-asked for ~0.75 s: long enough to be in flight at SIGTERM.
@@ -527,9 +608,9 @@ async def test_sigterm_finishes_in_flight_posts(base_env: dict[str, str], grpc_s
     assert "webhook bridge stopped" in b.proc.log()
 
 
-async def test_verify_off_warns_and_accepts_unsigned(base_env: dict[str, str], grpc_server: str,
-                                                     server_proc_factory: list[Proc],
-                                                     http: aiohttp.ClientSession, db: Any) -> None:
+async def test_verify_off_warns_and_accepts_unsigned(
+    base_env: dict[str, str], grpc_server: str, server_proc_factory: list[Proc], http: aiohttp.ClientSession, db: Any
+) -> None:
     b = start_bridge(base_env, grpc_server, SMS_WEBHOOK_VERIFY="false")
     server_proc_factory.append(b.proc)
     assert "SMS_WEBHOOK_VERIFY=false" in b.proc.log()
@@ -541,8 +622,6 @@ async def test_verify_off_warns_and_accepts_unsigned(base_env: dict[str, str], g
 
 def test_refuses_to_start_without_auth_token(base_env: dict[str, str]) -> None:
     env = {**base_env, "SMS_BRIDGE_ADDR": f"127.0.0.1:{free_port()}"}
-    done = subprocess.run([*SMS_GATEWAY, "bridge"], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run([*SMS_GATEWAY, "bridge"], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "TWILIO_AUTH_TOKEN" in done.stderr
-

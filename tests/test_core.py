@@ -27,14 +27,16 @@ async def expect_error(call: Any, code: grpc.StatusCode, reason: str | None = No
     return info.value
 
 
-async def send(sms: sms_pb2_grpc.SmsServiceStub, user: str, to: str, body: str = "hi", **kw: Any
-               ) -> sms_pb2.SendResponse:
+async def send(
+    sms: sms_pb2_grpc.SmsServiceStub, user: str, to: str, body: str = "hi", **kw: Any
+) -> sms_pb2.SendResponse:
     resp: sms_pb2.SendResponse = await sms.Send(sms_pb2.SendRequest(to=to, body=body, **kw), metadata=auth(user))
     return resp
 
 
-async def inbound(ingest: ingest_pb2_grpc.SmsIngestServiceStub, contact: str, body: str,
-                  sid: str | None = None, **kw: Any) -> ingest_pb2.RecordInboundResponse:
+async def inbound(
+    ingest: ingest_pb2_grpc.SmsIngestServiceStub, contact: str, body: str, sid: str | None = None, **kw: Any
+) -> ingest_pb2.RecordInboundResponse:
     req = ingest_pb2.RecordInboundRequest(
         message_sid=sid or f"SM{uuid.uuid4().hex}", from_number=contact, to_number=OUR_NUMBER, body=body, **kw
     )
@@ -64,8 +66,11 @@ async def test_send_stores_queued_message_and_conversation(sms: sms_pb2_grpc.Sms
     assert msg.direction == types_pb2.DIRECTION_OUTBOUND
     assert msg.owner == user and msg.contact_id == "crm-42"
     assert [h.status for h in msg.status_history] == [types_pb2.MESSAGE_STATUS_QUEUED]
-    conv = (await sms.GetConversation(sms_pb2.GetConversationRequest(conversation_id=msg.conversation_id),
-                                      metadata=auth(user))).conversation
+    conv = (
+        await sms.GetConversation(
+            sms_pb2.GetConversationRequest(conversation_id=msg.conversation_id), metadata=auth(user)
+        )
+    ).conversation
     assert conv.contact_number == number and conv.owner == user and conv.contact_id == "crm-42"
     assert conv.message_count == 1 and conv.unread_count == 0
     assert conv.last_message_preview == "hello there"
@@ -74,8 +79,9 @@ async def test_send_stores_queued_message_and_conversation(sms: sms_pb2_grpc.Sms
     assert str(stored["_id"]) == msg.id
 
 
-async def test_send_enqueues_arq_job_with_message_id(sms: sms_pb2_grpc.SmsServiceStub, base_env: dict[str, str]
-                                                     ) -> None:
+async def test_send_enqueues_arq_job_with_message_id(
+    sms: sms_pb2_grpc.SmsServiceStub, base_env: dict[str, str]
+) -> None:
     from redis.asyncio import Redis
 
     resp = await send(sms, unique_user(), unique_number())
@@ -100,8 +106,9 @@ async def test_send_enqueues_arq_job_with_message_id(sms: sms_pb2_grpc.SmsServic
 )
 async def test_send_rejects_bad_input(sms: sms_pb2_grpc.SmsServiceStub, kwargs: dict[str, Any], field: str) -> None:
     args: dict[str, Any] = {"to": unique_number(), "body": "hi", **kwargs}
-    err = await expect_error(sms.Send(sms_pb2.SendRequest(**args), metadata=auth(unique_user())),
-                             grpc.StatusCode.INVALID_ARGUMENT)
+    err = await expect_error(
+        sms.Send(sms_pb2.SendRequest(**args), metadata=auth(unique_user())), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert (err.details() or "").startswith(f"{field}:")
 
 
@@ -120,8 +127,9 @@ async def test_send_idempotency(sms: sms_pb2_grpc.SmsServiceStub, db: Any) -> No
     assert not first.duplicate and again.duplicate
     assert again.message.id == first.message.id
     assert await db.messages.count_documents({"to": number}) == 1
-    await expect_error(send(sms, user, number, "different", request_id=key),
-                       grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    await expect_error(
+        send(sms, user, number, "different", request_id=key), grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"
+    )
     # The key is per user: another user's identical key is a new message.
     other = await send(sms, unique_user(), unique_number(), "once", request_id=key)
     assert other.message.id != first.message.id
@@ -137,8 +145,9 @@ async def test_concurrent_sends_with_one_key_store_one_message(sms: sms_pb2_grpc
     assert conv["message_count"] == 1
 
 
-async def test_send_to_opted_out_contact_is_refused(sms: sms_pb2_grpc.SmsServiceStub,
-                                                   ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+async def test_send_to_opted_out_contact_is_refused(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub
+) -> None:
     user, number = unique_user(), unique_number()
     await send(sms, user, number, "first")
     await inbound(ingest, number, "  stop ")
@@ -151,12 +160,14 @@ async def test_send_to_opted_out_contact_is_refused(sms: sms_pb2_grpc.SmsService
 async def test_send_to_another_agents_contact_is_denied(sms: sms_pb2_grpc.SmsServiceStub) -> None:
     number = unique_number()
     await send(sms, unique_user(), number)
-    await expect_error(send(sms, unique_user(), number), grpc.StatusCode.PERMISSION_DENIED,
-                       "CONVERSATION_OF_ANOTHER_AGENT")
+    await expect_error(
+        send(sms, unique_user(), number), grpc.StatusCode.PERMISSION_DENIED, "CONVERSATION_OF_ANOTHER_AGENT"
+    )
 
 
-async def test_agent_claims_unassigned_inbound_conversation(sms: sms_pb2_grpc.SmsServiceStub,
-                                                            ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+async def test_agent_claims_unassigned_inbound_conversation(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub
+) -> None:
     number, agent = unique_number(), unique_user()
     first = await inbound(ingest, number, "hello, anyone?")
     assert first.message.owner == "inbox-owner"
@@ -174,8 +185,9 @@ async def test_paging_250_messages_100_at_a_time(sms: sms_pb2_grpc.SmsServiceStu
     sent: list[str] = []
     for i in range(250):
         sent.append((await send(sms, user, number, f"m{i}")).message.id)
-    cid = (await sms.GetMessage(sms_pb2.GetMessageRequest(message_id=sent[0]), metadata=auth(user))
-           ).message.conversation_id
+    cid = (
+        await sms.GetMessage(sms_pb2.GetMessageRequest(message_id=sent[0]), metadata=auth(user))
+    ).message.conversation_id
     seen: list[str] = []
     token, pages = "", 0
     while True:
@@ -193,11 +205,14 @@ async def test_paging_250_messages_100_at_a_time(sms: sms_pb2_grpc.SmsServiceStu
 
 async def test_page_size_rules(sms: sms_pb2_grpc.SmsServiceStub) -> None:
     user = unique_user()
-    await expect_error(sms.ListConversations(sms_pb2.ListConversationsRequest(page_size=-1), metadata=auth(user)),
-                       grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_error(
+        sms.ListConversations(sms_pb2.ListConversationsRequest(page_size=-1), metadata=auth(user)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     await expect_error(
         sms.ListConversations(sms_pb2.ListConversationsRequest(page_token="garbage!"), metadata=auth(user)),
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
     )
     for _ in range(3):
         await send(sms, user, unique_number())
@@ -205,8 +220,9 @@ async def test_page_size_rules(sms: sms_pb2_grpc.SmsServiceStub) -> None:
     assert len(big.conversations) == 3 and big.next_page_token == ""
 
 
-async def test_list_conversations_newest_first_with_fields(sms: sms_pb2_grpc.SmsServiceStub,
-                                                           ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+async def test_list_conversations_newest_first_with_fields(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub
+) -> None:
     user = unique_user()
     numbers = [unique_number() for _ in range(5)]
     for n in numbers:
@@ -215,8 +231,9 @@ async def test_list_conversations_newest_first_with_fields(sms: sms_pb2_grpc.Sms
     seen: list[sms_pb2.ListConversationsResponse] = []
     token = ""
     while True:
-        page = await sms.ListConversations(sms_pb2.ListConversationsRequest(page_size=2, page_token=token),
-                                           metadata=auth(user))
+        page = await sms.ListConversations(
+            sms_pb2.ListConversationsRequest(page_size=2, page_token=token), metadata=auth(user)
+        )
         seen.append(page)
         token = page.next_page_token
         if not token:
@@ -229,54 +246,73 @@ async def test_list_conversations_newest_first_with_fields(sms: sms_pb2_grpc.Sms
     assert top.last_message_direction == types_pb2.DIRECTION_INBOUND
 
 
-async def test_mark_conversation_read(sms: sms_pb2_grpc.SmsServiceStub,
-                                      ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+async def test_mark_conversation_read(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub
+) -> None:
     user, number = unique_user(), unique_number()
     cid = (await send(sms, user, number)).message.conversation_id
     await inbound(ingest, number, "one")
     await inbound(ingest, number, "two")
     before = await sms.GetConversation(sms_pb2.GetConversationRequest(conversation_id=cid), metadata=auth(user))
     assert before.conversation.unread_count == 2
-    after = await sms.MarkConversationRead(sms_pb2.MarkConversationReadRequest(conversation_id=cid),
-                                           metadata=auth(user))
+    after = await sms.MarkConversationRead(
+        sms_pb2.MarkConversationReadRequest(conversation_id=cid), metadata=auth(user)
+    )
     assert after.conversation.unread_count == 0
 
 
 async def test_missing_ids_and_unknown_ids(sms: sms_pb2_grpc.SmsServiceStub) -> None:
     user = unique_user()
-    await expect_error(sms.GetMessage(sms_pb2.GetMessageRequest(), metadata=auth(user)),
-                       grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_error(sms.GetMessage(sms_pb2.GetMessageRequest(message_id="nope"), metadata=auth(user)),
-                       grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND")
-    await expect_error(sms.ListMessages(sms_pb2.ListMessagesRequest(conversation_id="c0"), metadata=auth(user)),
-                       grpc.StatusCode.NOT_FOUND, "CONVERSATION_NOT_FOUND")
+    await expect_error(
+        sms.GetMessage(sms_pb2.GetMessageRequest(), metadata=auth(user)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    await expect_error(
+        sms.GetMessage(sms_pb2.GetMessageRequest(message_id="nope"), metadata=auth(user)),
+        grpc.StatusCode.NOT_FOUND,
+        "MESSAGE_NOT_FOUND",
+    )
+    await expect_error(
+        sms.ListMessages(sms_pb2.ListMessagesRequest(conversation_id="c0"), metadata=auth(user)),
+        grpc.StatusCode.NOT_FOUND,
+        "CONVERSATION_NOT_FOUND",
+    )
 
 
 # Access
 
 
-async def test_auth_is_required_and_checked(sms: sms_pb2_grpc.SmsServiceStub,
-                                            ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+async def test_auth_is_required_and_checked(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub
+) -> None:
     req = sms_pb2.ListConversationsRequest()
     await expect_error(sms.ListConversations(req), grpc.StatusCode.UNAUTHENTICATED)
-    await expect_error(sms.ListConversations(req, metadata=(("authorization", "Bearer forged.jwt.value"),)),
-                       grpc.StatusCode.UNAUTHENTICATED)
+    await expect_error(
+        sms.ListConversations(req, metadata=(("authorization", "Bearer forged.jwt.value"),)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
     from server.auth import mint_token
 
     foreign = mint_token("another-secret-of-32-bytes-or-more!!", "eve", "admin")
-    await expect_error(sms.ListConversations(req, metadata=(("authorization", f"Bearer {foreign}"),)),
-                       grpc.StatusCode.UNAUTHENTICATED)
+    await expect_error(
+        sms.ListConversations(req, metadata=(("authorization", f"Bearer {foreign}"),)), grpc.StatusCode.UNAUTHENTICATED
+    )
     expired = mint_token("test-secret-not-for-production-0123456789", "eve", "agent", ttl_seconds=-10)
-    await expect_error(sms.ListConversations(req, metadata=(("authorization", f"Bearer {expired}"),)),
-                       grpc.StatusCode.UNAUTHENTICATED)
+    await expect_error(
+        sms.ListConversations(req, metadata=(("authorization", f"Bearer {expired}"),)), grpc.StatusCode.UNAUTHENTICATED
+    )
     for role in ("agent", "admin"):
         await expect_error(
-            ingest.RecordInbound(ingest_pb2.RecordInboundRequest(message_sid="SMx", from_number=unique_number(),
-                                                                 to_number=OUR_NUMBER), metadata=auth("u", role)),
-            grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED",
+            ingest.RecordInbound(
+                ingest_pb2.RecordInboundRequest(message_sid="SMx", from_number=unique_number(), to_number=OUR_NUMBER),
+                metadata=auth("u", role),
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ROLE_NOT_ALLOWED",
         )
-    await expect_error(sms.GetQueueStats(sms_pb2.GetQueueStatsRequest(), metadata=auth("u", "agent")),
-                       grpc.StatusCode.PERMISSION_DENIED)
+    await expect_error(
+        sms.GetQueueStats(sms_pb2.GetQueueStatsRequest(), metadata=auth("u", "agent")),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
 
 
 async def test_agents_cannot_see_each_other(sms: sms_pb2_grpc.SmsServiceStub) -> None:
@@ -304,12 +340,14 @@ async def test_agents_cannot_see_each_other(sms: sms_pb2_grpc.SmsServiceStub) ->
 # Inbound
 
 
-async def test_inbound_creates_conversation_and_dedupes(ingest: ingest_pb2_grpc.SmsIngestServiceStub,
-                                                        sms: sms_pb2_grpc.SmsServiceStub, db: Any) -> None:
+async def test_inbound_creates_conversation_and_dedupes(
+    ingest: ingest_pb2_grpc.SmsIngestServiceStub, sms: sms_pb2_grpc.SmsServiceStub, db: Any
+) -> None:
     number, sid = unique_number(), f"MM{uuid.uuid4().hex}"
     media = [types_pb2.Media(url="https://api.twilio.com/m/1", content_type="image/jpeg")]
-    first = await inbound(ingest, number, "pic", sid=sid, media=media, num_segments=1,
-                          params={"FromCity": "SAN FRANCISCO"})
+    first = await inbound(
+        ingest, number, "pic", sid=sid, media=media, num_segments=1, params={"FromCity": "SAN FRANCISCO"}
+    )
     assert not first.duplicate
     assert first.message.status == types_pb2.MESSAGE_STATUS_RECEIVED
     assert first.message.direction == types_pb2.DIRECTION_INBOUND
@@ -320,8 +358,9 @@ async def test_inbound_creates_conversation_and_dedupes(ingest: ingest_pb2_grpc.
     assert await db.messages.count_documents({"twilio_sid": sid}) == 1
     conv = await db.conversations.find_one({"contact_number": number})
     assert conv["unread_count"] == 1 and conv["message_count"] == 1 and conv["owner"] == "inbox-owner"
-    admin = await sms.ListMessages(sms_pb2.ListMessagesRequest(conversation_id=conv["_id"]),
-                                   metadata=auth("boss", "admin"))
+    admin = await sms.ListMessages(
+        sms_pb2.ListMessagesRequest(conversation_id=conv["_id"]), metadata=auth("boss", "admin")
+    )
     assert [m.id for m in admin.messages] == [first.message.id]
 
 
@@ -348,11 +387,18 @@ async def test_opt_out_keywords(ingest: ingest_pb2_grpc.SmsIngestServiceStub, db
 
 
 async def test_inbound_requires_sid_and_numbers(ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
-    await expect_error(ingest.RecordInbound(ingest_pb2.RecordInboundRequest(from_number="+14155550100",
-                                                                            to_number=OUR_NUMBER), metadata=SERVICE),
-                       grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_error(ingest.RecordInbound(ingest_pb2.RecordInboundRequest(message_sid="SM1", to_number=OUR_NUMBER),
-                                            metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_error(
+        ingest.RecordInbound(
+            ingest_pb2.RecordInboundRequest(from_number="+14155550100", to_number=OUR_NUMBER), metadata=SERVICE
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_error(
+        ingest.RecordInbound(
+            ingest_pb2.RecordInboundRequest(message_sid="SM1", to_number=OUR_NUMBER), metadata=SERVICE
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 # Status
@@ -374,8 +420,9 @@ async def test_status_moves_forward_only_with_shuffled_duplicates(
     for _, sid, _final, statuses in cases:
         for s in statuses:
             code = 30003 if s in ("undelivered", "failed") else 0
-            await ingest.RecordStatus(ingest_pb2.RecordStatusRequest(message_sid=sid, message_status=s,
-                                                                     error_code=code), metadata=SERVICE)
+            await ingest.RecordStatus(
+                ingest_pb2.RecordStatusRequest(message_sid=sid, message_status=s, error_code=code), metadata=SERVICE
+            )
     for mid, _, final, statuses in cases:
         got = (await sms.GetMessage(sms_pb2.GetMessageRequest(message_id=mid), metadata=auth(user))).message
         assert types_pb2.MessageStatus.Name(got.status) == f"MESSAGE_STATUS_{final.upper()}"
@@ -410,21 +457,34 @@ async def test_terminal_status_is_sticky_and_late_callbacks_are_kept(
     assert not (await status("delivered")).applied  # a repeat
 
 
-async def test_status_errors_and_unsubscribed(sms: sms_pb2_grpc.SmsServiceStub,
-                                              ingest: ingest_pb2_grpc.SmsIngestServiceStub, db: Any) -> None:
-    await expect_error(ingest.RecordStatus(ingest_pb2.RecordStatusRequest(message_sid="SMunknown",
-                                                                          message_status="sent"), metadata=SERVICE),
-                       grpc.StatusCode.NOT_FOUND, "UNKNOWN_MESSAGE_SID")
+async def test_status_errors_and_unsubscribed(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub, db: Any
+) -> None:
+    await expect_error(
+        ingest.RecordStatus(
+            ingest_pb2.RecordStatusRequest(message_sid="SMunknown", message_status="sent"), metadata=SERVICE
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "UNKNOWN_MESSAGE_SID",
+    )
     user, number = unique_user(), unique_number()
     msg = (await send(sms, user, number)).message
     sid = await give_sid(db, msg.id)
-    await expect_error(ingest.RecordStatus(ingest_pb2.RecordStatusRequest(message_sid=sid, message_status="lost"),
-                                           metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_STATUS")
-    resp = await ingest.RecordStatus(ingest_pb2.RecordStatusRequest(
-        message_sid=sid, message_status="failed", error_code=21610, error_message="unsubscribed"), metadata=SERVICE)
+    await expect_error(
+        ingest.RecordStatus(ingest_pb2.RecordStatusRequest(message_sid=sid, message_status="lost"), metadata=SERVICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNKNOWN_STATUS",
+    )
+    resp = await ingest.RecordStatus(
+        ingest_pb2.RecordStatusRequest(
+            message_sid=sid, message_status="failed", error_code=21610, error_message="unsubscribed"
+        ),
+        metadata=SERVICE,
+    )
     assert resp.message.status == types_pb2.MESSAGE_STATUS_FAILED and resp.message.error_code == 21610
-    conv = await sms.GetConversation(sms_pb2.GetConversationRequest(conversation_id=msg.conversation_id),
-                                     metadata=auth(user))
+    conv = await sms.GetConversation(
+        sms_pb2.GetConversationRequest(conversation_id=msg.conversation_id), metadata=auth(user)
+    )
     assert conv.conversation.opted_out
 
 
@@ -441,8 +501,9 @@ async def test_idempotency_key_belongs_to_the_sender_not_the_owner(sms: sms_pb2_
     assert await db.messages.count_documents({"to": number}) == 3
 
 
-async def test_replay_finishes_an_inbound_abandoned_half_way(ingest: ingest_pb2_grpc.SmsIngestServiceStub,
-                                                             db: Any, base_env: dict[str, str]) -> None:
+async def test_replay_finishes_an_inbound_abandoned_half_way(
+    ingest: ingest_pb2_grpc.SmsIngestServiceStub, db: Any, base_env: dict[str, str]
+) -> None:
     """A server that died after storing a STOP but before applying it: Twilio's retry applies it, once."""
     from datetime import UTC, datetime, timedelta
 
@@ -451,12 +512,24 @@ async def test_replay_finishes_an_inbound_abandoned_half_way(ingest: ingest_pb2_
     number = unique_number()
     first = (await inbound(ingest, number, "hello")).message
     sid, long_ago = f"SM{uuid.uuid4().hex}", datetime.now(UTC) - timedelta(minutes=5)
-    await db.messages.insert_one({
-        "conversation_id": first.conversation_id, "direction": "inbound", "from": number, "to": OUR_NUMBER,
-        "body": "STOP", "media": [], "status": "received", "owner": "inbox-owner", "twilio_sid": sid,
-        "status_history": [{"status": "received", "time": long_ago, "applied": True}], "attempts": 0,
-        "pending": long_ago, "created": long_ago, "updated": long_ago,
-    })
+    await db.messages.insert_one(
+        {
+            "conversation_id": first.conversation_id,
+            "direction": "inbound",
+            "from": number,
+            "to": OUR_NUMBER,
+            "body": "STOP",
+            "media": [],
+            "status": "received",
+            "owner": "inbox-owner",
+            "twilio_sid": sid,
+            "status_history": [{"status": "received", "time": long_ago, "applied": True}],
+            "attempts": 0,
+            "pending": long_ago,
+            "created": long_ago,
+            "updated": long_ago,
+        }
+    )
     replay = await inbound(ingest, number, "STOP", sid=sid)
     assert replay.duplicate
     conv = await db.conversations.find_one({"_id": first.conversation_id})
@@ -474,15 +547,18 @@ async def test_replay_finishes_an_inbound_abandoned_half_way(ingest: ingest_pb2_
     assert (await db.conversations.find_one({"_id": first.conversation_id}))["unread_count"] == 2
 
 
-
-async def test_replies_land_in_the_conversation_of_the_send(sms: sms_pb2_grpc.SmsServiceStub,
-                                                             ingest: ingest_pb2_grpc.SmsIngestServiceStub) -> None:
+async def test_replies_land_in_the_conversation_of_the_send(
+    sms: sms_pb2_grpc.SmsServiceStub, ingest: ingest_pb2_grpc.SmsIngestServiceStub
+) -> None:
     user, number = unique_user(), unique_number()
     sent = (await send(sms, user, number, "question?")).message
     national = f"({number[2:5]}) {number[5:8]}-{number[8:]}"
-    reply = await ingest.RecordInbound(ingest_pb2.RecordInboundRequest(
-        message_sid=f"SM{uuid.uuid4().hex}", from_number=national, to_number="500-555-0006", body="answer"),
-        metadata=SERVICE)
+    reply = await ingest.RecordInbound(
+        ingest_pb2.RecordInboundRequest(
+            message_sid=f"SM{uuid.uuid4().hex}", from_number=national, to_number="500-555-0006", body="answer"
+        ),
+        metadata=SERVICE,
+    )
     assert reply.message.conversation_id == sent.conversation_id
     assert reply.message.owner == user
 
@@ -497,9 +573,16 @@ async def test_messaging_service_conversations_meet_their_replies(base_env: dict
         async with grpc.aio.insecure_channel(addr) as ch:
             user, number = unique_user(), unique_number()
             sent = (await send(sms_pb2_grpc.SmsServiceStub(ch), user, number, "via the service")).message
-            reply = await ingest_pb2_grpc.SmsIngestServiceStub(ch).RecordInbound(ingest_pb2.RecordInboundRequest(
-                message_sid=f"SM{uuid.uuid4().hex}", from_number=number, to_number="+15005550009",
-                messaging_service_sid=service_sid, body="reply"), metadata=SERVICE)
+            reply = await ingest_pb2_grpc.SmsIngestServiceStub(ch).RecordInbound(
+                ingest_pb2.RecordInboundRequest(
+                    message_sid=f"SM{uuid.uuid4().hex}",
+                    from_number=number,
+                    to_number="+15005550009",
+                    messaging_service_sid=service_sid,
+                    body="reply",
+                ),
+                metadata=SERVICE,
+            )
             assert reply.message.conversation_id == sent.conversation_id
     finally:
         proc.stop()

@@ -223,8 +223,13 @@ async def test_envoy_translates_grpc_web(envoy: tuple[str, str]) -> None:
 
 # The supervisor with stand-in children ---------------------------------------------------------------
 def py_child(name: str, code: str) -> ChildSpec:
-    return ChildSpec(name, [sys.executable, "-c", textwrap.dedent(code)], without_settings(os.environ),
-                     start_timeout=10, stop_timeout=5)
+    return ChildSpec(
+        name,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        without_settings(os.environ),
+        start_timeout=10,
+        stop_timeout=5,
+    )
 
 
 def test_a_child_that_keeps_dying_is_reported_and_the_supervisor_gives_up() -> None:

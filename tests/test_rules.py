@@ -17,11 +17,19 @@ from server.phone import normalise_lenient, to_e164
 @pytest.mark.parametrize(
     ("current", "new", "moves"),
     [
-        ("queued", "sending", True), ("sending", "sent", True), ("sent", "delivered", True),
-        ("queued", "delivered", True), ("delivered", "read", True),
-        ("sent", "queued", False), ("delivered", "sent", False), ("delivered", "failed", False),
-        ("failed", "delivered", False), ("undelivered", "delivered", False), ("sent", "sent", False),
-        ("accepted", "queued", False), ("scheduled", "sending", True),
+        ("queued", "sending", True),
+        ("sending", "sent", True),
+        ("sent", "delivered", True),
+        ("queued", "delivered", True),
+        ("delivered", "read", True),
+        ("sent", "queued", False),
+        ("delivered", "sent", False),
+        ("delivered", "failed", False),
+        ("failed", "delivered", False),
+        ("undelivered", "delivered", False),
+        ("sent", "sent", False),
+        ("accepted", "queued", False),
+        ("scheduled", "sending", True),
     ],
 )
 def test_status_ranks(current: str, new: str, moves: bool) -> None:
@@ -34,8 +42,9 @@ def test_parse_status() -> None:
         st.parse_status("lost")
 
 
-@pytest.mark.parametrize("body", ["STOP", " stop ", "Stopall", "unsubscribe", "CANCEL", "end", "quit", "REVOKE",
-                                  "optout"])
+@pytest.mark.parametrize(
+    "body", ["STOP", " stop ", "Stopall", "unsubscribe", "CANCEL", "end", "quit", "REVOKE", "optout"]
+)
 def test_opt_out_words(body: str) -> None:
     assert opt_keyword(body) is True
 
@@ -62,8 +71,11 @@ def test_validate_send_normalises_and_fingerprints() -> None:
 @pytest.mark.parametrize(
     ("to", "body", "media", "field"),
     [
-        ("12", "hi", [], "to"), ("+44 20", "hi", [], "to"), ("+14155550100", "", [], "body"),
-        ("+14155550100", "x" * 1601, [], "body"), ("+14155550100", "hi", ["javascript:alert(1)"], "media_urls"),
+        ("12", "hi", [], "to"),
+        ("+44 20", "hi", [], "to"),
+        ("+14155550100", "", [], "body"),
+        ("+14155550100", "x" * 1601, [], "body"),
+        ("+14155550100", "hi", ["javascript:alert(1)"], "media_urls"),
         ("+14155550100", "hi", ["https://a.example/x"] * 11, "media_urls"),
     ],
 )
@@ -106,10 +118,22 @@ def test_updates_applied_locally_match_mongodb_semantics() -> None:
     from server.store import applied
 
     doc = {"_id": 1, "status": "queued", "status_history": [{"status": "queued"}], "attempts": 1, "in_flight": {}}
-    new = applied(doc, {"$set": {"status": "sending"}, "$push": {"status_history": {"status": "sending"}},
-                        "$inc": {"attempts": 1, "fresh": 2}, "$unset": {"in_flight": ""}})
-    assert new == {"_id": 1, "status": "sending", "attempts": 2, "fresh": 2,
-                   "status_history": [{"status": "queued"}, {"status": "sending"}]}
+    new = applied(
+        doc,
+        {
+            "$set": {"status": "sending"},
+            "$push": {"status_history": {"status": "sending"}},
+            "$inc": {"attempts": 1, "fresh": 2},
+            "$unset": {"in_flight": ""},
+        },
+    )
+    assert new == {
+        "_id": 1,
+        "status": "sending",
+        "attempts": 2,
+        "fresh": 2,
+        "status_history": [{"status": "queued"}, {"status": "sending"}],
+    }
     assert doc["status"] == "queued" and len(doc["status_history"]) == 1  # the input is left alone
     for unsupported in ({"$addToSet": {"a": 1}}, {"$set": {"a.b": 1}}):
         with pytest.raises(ValueError):

@@ -35,8 +35,14 @@ def test_grpcurl_lists_services_and_sends(grpc_server: str) -> None:
     described = grpcurl(grpc_server, "describe", "sms.v1.SmsService")
     assert "rpc Send" in described.stdout and "rpc Subscribe" in described.stdout
     number = unique_number()
-    sent = grpcurl("-H", f"authorization: Bearer {token('grpcurl-user')}", "-d",
-                   json.dumps({"to": number, "body": "via grpcurl"}), grpc_server, "sms.v1.SmsService/Send")
+    sent = grpcurl(
+        "-H",
+        f"authorization: Bearer {token('grpcurl-user')}",
+        "-d",
+        json.dumps({"to": number, "body": "via grpcurl"}),
+        grpc_server,
+        "sms.v1.SmsService/Send",
+    )
     assert sent.returncode == 0, sent.stderr
     message = json.loads(sent.stdout)["message"]
     assert message["toNumber" if "toNumber" in message else "to_number"] == number
@@ -111,7 +117,8 @@ def test_sigterm_drains_and_exits_cleanly(base_env: dict[str, str]) -> None:
 
 def test_server_refuses_to_start_without_jwt_secret(base_env: dict[str, str]) -> None:
     env = {k: v for k, v in base_env.items() if k != "SMS_JWT_SECRET"}
-    done = subprocess.run([sys.executable, "-m", "server.cli", "server"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "server"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "SMS_JWT_SECRET" in done.stderr

@@ -101,8 +101,14 @@ def has_message(stream: Stream, message_id: str) -> bool:
     return any(r.event.message.id == message_id for r in stream.events[-4:])
 
 
-def open_stream(stub: sms_pb2_grpc.SmsServiceAsyncStub, user: str, role: str = "agent", *, reading: bool = True,
-                **request: str | bool) -> Stream:
+def open_stream(
+    stub: sms_pb2_grpc.SmsServiceAsyncStub,
+    user: str,
+    role: str = "agent",
+    *,
+    reading: bool = True,
+    **request: str | bool,
+) -> Stream:
     call = stub.Subscribe(sms_pb2.SubscribeRequest(**request), metadata=auth(user, role))  # type: ignore[arg-type]
     stream = Stream(call)
     if reading:
@@ -137,8 +143,9 @@ async def send(stub: sms_pb2_grpc.SmsServiceAsyncStub, user: str, to: str, body:
     return resp.message
 
 
-async def inbound(ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub, from_number: str, sid: str, body: str = "yo"
-                  ) -> types_pb2.Message:
+async def inbound(
+    ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub, from_number: str, sid: str, body: str = "yo"
+) -> types_pb2.Message:
     resp = await ingest.RecordInbound(
         ingest_pb2.RecordInboundRequest(message_sid=sid, from_number=from_number, to_number=OUR_NUMBER, body=body),
         metadata=auth("bridge", "service"),
@@ -147,8 +154,9 @@ async def inbound(ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub, from_number
 
 
 async def status(ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub, sid: str, value: str) -> None:
-    await ingest.RecordStatus(ingest_pb2.RecordStatusRequest(message_sid=sid, message_status=value),
-                              metadata=auth("bridge", "service"))
+    await ingest.RecordStatus(
+        ingest_pb2.RecordStatusRequest(message_sid=sid, message_status=value), metadata=auth("bridge", "service")
+    )
 
 
 def sid() -> str:
@@ -212,8 +220,9 @@ class Small:
 def small(base_env: dict[str, str]) -> Iterator[Small]:
     """A server on its own stream that keeps ~10 events and queues 16 per subscriber."""
     stream = f"sms:events:small-{uuid.uuid4().hex[:8]}"
-    proc, addr = start_server({**base_env, "SMS_EVENT_STREAM": stream, "SMS_EVENT_RETENTION": "10",
-                               "SMS_SUBSCRIBER_QUEUE_SIZE": "16"})
+    proc, addr = start_server(
+        {**base_env, "SMS_EVENT_STREAM": stream, "SMS_EVENT_RETENTION": "10", "SMS_SUBSCRIBER_QUEUE_SIZE": "16"}
+    )
     yield Small(addr, stream)
     proc.stop()
 
@@ -269,14 +278,23 @@ async def test_each_subscriber_sees_exactly_its_events(
     # The payloads say what happened, in order: a sees its inbound message become read, and n3's
     # conversation only from the moment it became a's.
     a_events = [r.event for r in sa.events]
-    statuses = [e.message.status for e in a_events if e.WhichOneof("payload") == "message"
-                and e.message.from_number == n1]
+    statuses = [
+        e.message.status for e in a_events if e.WhichOneof("payload") == "message" and e.message.from_number == n1
+    ]
     assert len(statuses) == 2 and statuses[0] != statuses[1]
-    n3_conversation = [e.conversation for e in a_events if e.WhichOneof("payload") == "conversation"
-                       and e.conversation.contact_number == n3]
+    n3_conversation = [
+        e.conversation
+        for e in a_events
+        if e.WhichOneof("payload") == "conversation" and e.conversation.contact_number == n3
+    ]
     assert n3_conversation and all(conv.owner == a for conv in n3_conversation)
-    assert len([r for r in sadmin.events if r.event.WhichOneof("payload") == "conversation"
-                and r.event.conversation.contact_number == n3]) > len(n3_conversation)
+    assert len(
+        [
+            r
+            for r in sadmin.events
+            if r.event.WhichOneof("payload") == "conversation" and r.event.conversation.contact_number == n3
+        ]
+    ) > len(n3_conversation)
     assert not sb.resyncs and not sa.resyncs
     await close_streams(sa, sb, sc, sadmin)
 
@@ -294,10 +312,10 @@ async def test_narrowing_to_a_conversation(sms: sms_pb2_grpc.SmsServiceAsyncStub
     await send(sms, a, other.to_number)
     await send(sms, a, mine.to_number)
     await until(lambda: len(narrowed.events) >= 2 and len(admin.events) >= 2, 10, "narrowed events")
-    assert {r.event.message.conversation_id or r.event.conversation.id for r in narrowed.events} \
-        == {mine.conversation_id}
-    assert {r.event.message.conversation_id or r.event.conversation.id for r in admin.events} \
-        == {other.conversation_id}
+    assert {r.event.message.conversation_id or r.event.conversation.id for r in narrowed.events} == {
+        mine.conversation_id
+    }
+    assert {r.event.message.conversation_id or r.event.conversation.id for r in admin.events} == {other.conversation_id}
     await close_streams(narrowed, admin)
 
 
@@ -392,8 +410,10 @@ async def test_a_stalled_subscriber_does_not_delay_another(small: Small, redis: 
     a = unique_user()
     number = unique_number()
     body = "x" * 1600  # big events fill the stalled client's transport buffers sooner
-    async with grpc.aio.insecure_channel(small.addr) as ch, \
-            grpc.aio.insecure_channel(small.addr, options=[("grpc.http2.bdp_probe", 0)]) as stalled_ch:
+    async with (
+        grpc.aio.insecure_channel(small.addr) as ch,
+        grpc.aio.insecure_channel(small.addr, options=[("grpc.http2.bdp_probe", 0)]) as stalled_ch,
+    ):
         stub = sms_pb2_grpc.SmsServiceStub(ch)
         active = await open_stream(stub, a).started()
         stalled = await open_stream(sms_pb2_grpc.SmsServiceStub(stalled_ch), a).started()
@@ -413,8 +433,10 @@ async def test_a_stalled_subscriber_does_not_delay_another(small: Small, redis: 
         resync = stalled.resyncs[0]
         assert resync.reason == "slow consumer"
         delays.sort()
-        print(f"active subscriber: {sent} events, p50 {delays[len(delays) // 2] * 1000:.1f} ms, "
-              f"max {delays[-1] * 1000:.1f} ms; stalled got {len(stalled.events)} events before its resync")
+        print(
+            f"active subscriber: {sent} events, p50 {delays[len(delays) // 2] * 1000:.1f} ms, "
+            f"max {delays[-1] * 1000:.1f} ms; stalled got {len(stalled.events)} events before its resync"
+        )
         assert delays[int(len(delays) * 0.99) - 1] < 0.5
         # After the resync the stalled one is live again from the point it was told.
         await send(stub, a, number, "after")
@@ -423,8 +445,10 @@ async def test_a_stalled_subscriber_does_not_delay_another(small: Small, redis: 
 
 
 async def test_replicas_share_one_log(
-    sms: sms_pb2_grpc.SmsServiceAsyncStub, ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub,
-    replica_channel: grpc.aio.Channel, redis: Redis,
+    sms: sms_pb2_grpc.SmsServiceAsyncStub,
+    ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub,
+    replica_channel: grpc.aio.Channel,
+    redis: Redis,
 ) -> None:
     a = unique_user()
     other = sms_pb2_grpc.SmsServiceStub(replica_channel)
@@ -457,8 +481,9 @@ async def test_helper_survives_a_killed_server_without_gap_or_duplicate(
     connected = asyncio.Event()
 
     async def consume() -> None:
-        async for response in subscribe(killable.addr, token(a), resume_token=start, heartbeats=True,
-                                        backoff=Backoff(initial=0.05, maximum=1.0)):
+        async for response in subscribe(
+            killable.addr, token(a), resume_token=start, heartbeats=True, backoff=Backoff(initial=0.05, maximum=1.0)
+        ):
             connected.set()
             got.append(response)
 
@@ -505,8 +530,10 @@ async def test_helper_survives_a_killed_server_without_gap_or_duplicate(
 async def test_cancelled_streams_are_released(killable: Killable) -> None:
     async with grpc.aio.insecure_channel(killable.addr) as ch:
         stub = sms_pb2_grpc.SmsServiceStub(ch)
-        streams = [open_stream(stub, unique_user() if i % 4 else "boss", "agent" if i % 4 else "admin",
-                               all_owners=i % 4 == 0) for i in range(200)]
+        streams = [
+            open_stream(stub, unique_user() if i % 4 else "boss", "agent" if i % 4 else "admin", all_owners=i % 4 == 0)
+            for i in range(200)
+        ]
         for s in streams:
             await s.started()
         await until(lambda: counts(killable.proc)[-1:] == [200], 10, "the log to count 200 subscribers")
@@ -517,8 +544,10 @@ async def test_cancelled_streams_are_released(killable: Killable) -> None:
 async def test_sigterm_ends_streams_with_unavailable(killable: Killable) -> None:
     async with grpc.aio.insecure_channel(killable.addr) as ch:
         stub = sms_pb2_grpc.SmsServiceStub(ch)
-        streams = [await open_stream(stub, unique_user()).started(),
-                   await open_stream(stub, "boss", "admin", all_owners=True).started()]
+        streams = [
+            await open_stream(stub, unique_user()).started(),
+            await open_stream(stub, "boss", "admin", all_owners=True).started(),
+        ]
         killable.proc.process.send_signal(signal.SIGTERM)
         await until(lambda: all(s.error is not None for s in streams), 10, "the streams to end")
         for s in streams:
@@ -578,8 +607,9 @@ async def test_a_failed_append_elsewhere_reaches_subscribers_as_a_resync(
     before = await last_id(redis)
     replaying = await open_stream(sms, user, resume_token=before).started()
     writer = EventLog(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), "sms:events", 100_000)
-    event = types_pb2.Event(type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,
-                            conversation=types_pb2.Conversation(id="c-lost", owner=user))
+    event = types_pb2.Event(
+        type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED, conversation=types_pb2.Conversation(id="c-lost", owner=user)
+    )
     assert await writer.append(event, user, "c-lost") is None  # nothing listening on that port
     await writer.redis.aclose()
     writer.redis = redis
@@ -588,8 +618,11 @@ async def test_a_failed_append_elsewhere_reaches_subscribers_as_a_resync(
     gap = [f for _, f in await xrange_after(redis, before) if b"gap" in f]
     assert [f[b"gap"] for f in gap] == [b"1"]
     for stream in (live, replaying):
-        await until(lambda s=stream: bool(s.resyncs) and caught_up(s, appended)(), 10,  # type: ignore[misc]
-                    "a resync, then the event after the gap")
+        await until(
+            lambda s=stream: bool(s.resyncs) and caught_up(s, appended)(),
+            10,  # type: ignore[misc]
+            "a resync, then the event after the gap",
+        )
         assert stream.resyncs[0].reason == "a writer could not append some events"
     await close_streams(live, replaying)
 

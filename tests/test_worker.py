@@ -236,8 +236,9 @@ async def test_permanent_error_fails_at_once(stack: Stack, sms: sms_pb2_grpc.Sms
         return score is None
 
     await until(job_gone, 5, "the job to leave the queue")
-    conv = await sms.GetConversation(sms_pb2.GetConversationRequest(conversation_id=doc["conversation_id"]),
-                                     metadata=auth(user))
+    conv = await sms.GetConversation(
+        sms_pb2.GetConversationRequest(conversation_id=doc["conversation_id"]), metadata=auth(user)
+    )
     assert conv.conversation.opted_out is (code == 21610)
     if code == 21610:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -326,8 +327,9 @@ async def test_queue_stats_move(stack: Stack, sms: sms_pb2_grpc.SmsServiceAsyncS
 
 async def test_sync_from_twilio_creates_a_missed_inbound(stack: Stack, sms: sms_pb2_grpc.SmsServiceAsyncStub) -> None:
     contact = unique_number()
-    injected = await stack.sim("POST", "/_sim/inbound", json={"from": contact, "body": "never webhooked",
-                                                               "deliver": False})
+    injected = await stack.sim(
+        "POST", "/_sim/inbound", json={"from": contact, "body": "never webhooked", "deliver": False}
+    )
     sid = injected["sid"]
     assert await stack.db.messages.find_one({"twilio_sid": sid}) is None
     start = Timestamp()
@@ -350,8 +352,11 @@ async def test_sigterm_lets_running_sends_finish(stack: Stack, sms: sms_pb2_grpc
     ids = [await send(sms, user, to, f"graceful {i}") for i in range(5)]
 
     async def in_flight() -> int:
-        return int(await stack.db.messages.count_documents({"to": to, "in_flight": {"$ne": None},
-                                                            "twilio_sid": {"$exists": False}}))
+        return int(
+            await stack.db.messages.count_documents(
+                {"to": to, "in_flight": {"$ne": None}, "twilio_sid": {"$exists": False}}
+            )
+        )
 
     await until(in_flight, 10, "sends in flight")
     assert stack.stop_worker(signal.SIGTERM) == 0
@@ -418,10 +423,13 @@ async def test_attempt_in_flight_is_settled_with_twilio_before_sending_again(
     from bson import ObjectId
 
     for message_id in (lost, reached):
-        await stack.db.messages.update_one({"_id": ObjectId(message_id)}, {
-            "$set": {"status": "sending", "attempts": 1, "in_flight": {"at": attempt_at, "attempt": 1}},
-            "$push": {"status_history": {"status": "sending", "time": attempt_at, "applied": True}},
-        })
+        await stack.db.messages.update_one(
+            {"_id": ObjectId(message_id)},
+            {
+                "$set": {"status": "sending", "attempts": 1, "in_flight": {"at": attempt_at, "attempt": 1}},
+                "$push": {"status_history": {"status": "sending", "time": attempt_at, "applied": True}},
+            },
+        )
     await stack.start_worker()
     adopted = await stack.final(reached, {"sent", "delivered"})
     assert adopted["twilio_sid"] == reached_sid and adopted["attempts"] == 1
@@ -443,12 +451,14 @@ async def test_reconciler_and_periodic_sync(stack: Stack, sms: sms_pb2_grpc.SmsS
     from bson import ObjectId
 
     stored = await stack.db.messages.find_one({"_id": ObjectId(orphan)})
-    await stack.db.messages.update_one({"_id": ObjectId(orphan)},
-                                       {"$set": {"pending": datetime.now(UTC) - timedelta(minutes=5)}})
+    await stack.db.messages.update_one(
+        {"_id": ObjectId(orphan)}, {"$set": {"pending": datetime.now(UTC) - timedelta(minutes=5)}}
+    )
     await stack.db.conversations.update_one({"_id": stored["conversation_id"]}, {"$inc": {"message_count": -1}})
     contact = unique_number()
-    injected = await stack.sim("POST", "/_sim/inbound", json={"from": contact, "body": "synced later",
-                                                               "deliver": False})
+    injected = await stack.sim(
+        "POST", "/_sim/inbound", json={"from": contact, "body": "synced later", "deliver": False}
+    )
     await stack.start_worker(SMS_RECONCILE_AGE_SECONDS="1", SMS_SYNC_INTERVAL_SECONDS="1")
     doc = await stack.final(orphan, {"sent", "delivered"})
     assert doc["attempts"] == 1 and len(await stack.creates_to(to)) == 1
@@ -467,12 +477,20 @@ async def test_reconciler_and_periodic_sync(stack: Stack, sms: sms_pb2_grpc.SmsS
 
 
 def test_missing_settings_stop_the_worker(stack_env: dict[str, str]) -> None:
-    env = {k: v for k, v in stack_env.items()
-           if k not in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER", "MONGODB_URI", "REDIS_URL")}
-    done = subprocess.run([*SMS_GATEWAY, "worker"], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=30)
+    env = {
+        k: v
+        for k, v in stack_env.items()
+        if k not in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER", "MONGODB_URI", "REDIS_URL")
+    }
+    done = subprocess.run([*SMS_GATEWAY, "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
-    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER", "TWILIO_MESSAGING_SERVICE_SID",
-                 "MONGODB_URI", "REDIS_URL"):
+    for name in (
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_FROM_NUMBER",
+        "TWILIO_MESSAGING_SERVICE_SID",
+        "MONGODB_URI",
+        "REDIS_URL",
+    ):
         assert name in done.stderr
     assert AUTH_TOKEN not in done.stderr + done.stdout

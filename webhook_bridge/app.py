@@ -25,12 +25,11 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 # is for any other client, and for operators reading the answer.
 RETRY_AFTER_SECONDS = "2"
 
+
 class Bridge:
     """The routes, with what they share: the ingest client, the signature check and the metrics."""
 
-    def __init__(
-        self, client: IngestClient, verifier: SignatureVerifier | None, metrics: BridgeMetrics
-    ) -> None:
+    def __init__(self, client: IngestClient, verifier: SignatureVerifier | None, metrics: BridgeMetrics) -> None:
         self.client = client
         self.verifier = verifier
         self.metrics = metrics
@@ -104,9 +103,7 @@ class Bridge:
             if verdict is not Verdict.VALID:
                 self.metrics.signature_failures.inc(route, verdict.value)
                 # Nothing from the body: an unsigned post is untrusted, and bodies are never logged.
-                log.warning(
-                    "refused %s post from %s: %s %s", route, request.remote, verdict.value, SIGNATURE_HEADER
-                )
+                log.warning("refused %s post from %s: %s %s", route, request.remote, verdict.value, SIGNATURE_HEADER)
                 return "forbidden", _plain(403, "invalid signature")
 
         try:

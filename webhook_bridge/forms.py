@@ -72,8 +72,7 @@ def _rest(form: MultiDictProxy[str], used: set[str], params: dict[str, str]) -> 
     return params
 
 
-_INBOUND_FIELDS = {"MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body", "NumSegments",
-                   "NumMedia"}
+_INBOUND_FIELDS = {"MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body", "NumSegments", "NumMedia"}
 
 
 def inbound_request(form: MultiDictProxy[str]) -> ingest_pb2.RecordInboundRequest:

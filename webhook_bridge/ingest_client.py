@@ -121,9 +121,7 @@ class IngestClient:
         """Closes the channel (after in-flight calls, which the HTTP server has already drained)."""
         await self._channel.close()
 
-    async def record_inbound(
-        self, request: ingest_pb2.RecordInboundRequest
-    ) -> ingest_pb2.RecordInboundResponse:
+    async def record_inbound(self, request: ingest_pb2.RecordInboundRequest) -> ingest_pb2.RecordInboundResponse:
         """Stores an inbound message (deduplicated by the server on message_sid)."""
         return await self._call("RecordInbound", self._stub.RecordInbound, request, retry_not_found=False)
 
@@ -150,9 +148,7 @@ class IngestClient:
         finally:
             self._metrics.ingest_latency.observe(time.monotonic() - start, method, result)
 
-    async def _attempts(
-        self, method: str, rpc: _Unary[Q, R], request: Q, deadline: float, retry_not_found: bool
-    ) -> R:
+    async def _attempts(self, method: str, rpc: _Unary[Q, R], request: Q, deadline: float, retry_not_found: bool) -> R:
         unavailable = iter(UNAVAILABLE_BACKOFF)
         not_found = iter(NOT_FOUND_BACKOFF if retry_not_found else ())
         conflict = iter(CONFLICT_BACKOFF)
