@@ -42,7 +42,7 @@ from server.config import Config, without_settings  # noqa: E402
 from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
 from server.events import EventLog  # noqa: E402
 from server.gateway import Gateway, validate_send  # noqa: E402
-from server.send_queue import SendQueue  # noqa: E402
+from server.worker.queue import SendQueue  # noqa: E402
 from server.store import Store  # noqa: E402
 
 SECRET = "bench-secret-0123456789-0123456789"

@@ -7,36 +7,21 @@ import logging
 from datetime import UTC, timedelta
 
 from arq.connections import ArqRedis
+from arq.constants import health_check_key_suffix
 from google.protobuf.duration_pb2 import Duration
 from sms.v1 import sms_pb2
 
 from server import status as st
-from server.config import Config
+from server.config import TWILIO_SETTINGS, Config
 from server.errors import FailedPrecondition, InvalidArgument, Unavailable
 from server.gateway import Gateway
+from server.reasons import Reason
 from server.store import Store
 from server.timeutil import aware, now
-from server.twilio_sender import TwilioFailure, TwilioSender
-from server.twilio_sync import sync_window
+from server.worker.twilio_client import TwilioClient, TwilioFailure
+from server.worker.twilio_sync import sync_window
 
 log = logging.getLogger(__name__)
-
-HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key: <queue>:health-check, expires one second after its interval
-
-
-def twilio_missing(cfg: Config) -> list[str]:
-    """The Twilio settings (by environment name) that a process talking to Twilio lacks."""
-    missing = [
-        name
-        for name, value in (
-            ("TWILIO_ACCOUNT_SID", cfg.twilio_account_sid),
-            ("TWILIO_AUTH_TOKEN", cfg.twilio_auth_token),
-        )
-        if not value
-    ]
-    if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
-        missing.append("TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
-    return missing
 
 
 class Admin:
@@ -47,7 +32,7 @@ class Admin:
         self.store = store
         self.arq = arq
         self.gateway = gateway
-        self._twilio: TwilioSender | None = None
+        self._twilio: TwilioClient | None = None
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -70,7 +55,7 @@ class Admin:
             created.append(aware(first_queued))
         oldest = min(created, default=None)
         queue_length = int(await self.arq.zcard(self.cfg.arq_queue))
-        health = await self.arq.get(self.cfg.arq_queue + HEALTH_CHECK_SUFFIX)
+        health = await self.arq.get(self.cfg.arq_queue + health_check_key_suffix)
         age = Duration()
         if oldest is not None:
             age.FromTimedelta(max(t - oldest, timedelta(0)))
@@ -88,16 +73,16 @@ class Admin:
             worker_health=health.decode(errors="replace") if isinstance(health, bytes) else (health or ""),
         )
 
-    async def _client(self) -> TwilioSender:
+    async def _client(self) -> TwilioClient:
         async with self._lock:
             if self._twilio is None:
-                missing = twilio_missing(self.cfg)
+                missing = self.cfg.missing(*TWILIO_SETTINGS)
                 if missing:
                     raise FailedPrecondition(
                         "SyncFromTwilio needs the server's Twilio settings: " + ", ".join(missing),
-                        "TWILIO_NOT_CONFIGURED",
+                        Reason.TWILIO_NOT_CONFIGURED,
                     )
-                sender = TwilioSender(self.cfg)
+                sender = TwilioClient(self.cfg)
                 await sender.start()
                 self._twilio = sender
             return self._twilio
@@ -115,6 +100,6 @@ class Admin:
             result = await sync_window(self.store, self.gateway, twilio, start, end)
         except TwilioFailure as failure:
             if failure.transient:
-                raise Unavailable(f"Twilio could not be read: {failure}", "TWILIO_UNAVAILABLE") from failure
-            raise FailedPrecondition(f"Twilio refused the list: {failure}", "TWILIO_REFUSED") from failure
+                raise Unavailable(f"Twilio could not be read: {failure}", Reason.TWILIO_UNAVAILABLE) from failure
+            raise FailedPrecondition(f"Twilio refused the list: {failure}", Reason.TWILIO_REFUSED) from failure
         return sms_pb2.SyncFromTwilioResponse(scanned=result.scanned, created=result.created, updated=result.updated)

@@ -1,34 +1,24 @@
-"""Start-up and shutdown of the gRPC server: stores, servicers, health, reflection, signals."""
+"""The gRPC server process: servicers, health, reflection, start-up and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import IO
 
 import grpc
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio import Redis
 from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc
 
 from server.admin import Admin
 from server.config import Config
-from server.embedded import EmbeddedServer, start_mongo, start_redis
-from server.events import EventLog
-from server.gateway import Gateway
 from server.hub import Hub
 from server.ingest import IngestServicer
-from server.send_queue import SendQueue
+from server.resources import Resources, open_resources
 from server.service import SmsServicer
-from server.store import Store
+from server.signals import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -47,55 +37,6 @@ KEEPALIVE_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-
-@dataclass
-class Resources:
-    """The connections a process holds, and any embedded servers it started to get them."""
-
-    cfg: Config
-    store: Store
-    redis: Redis
-    arq: ArqRedis
-    embedded: list[EmbeddedServer] = field(default_factory=list)
-
-    async def close(self) -> None:
-        await self.arq.aclose()
-        await self.redis.aclose()
-        await self.store.close()
-        for server in reversed(self.embedded):
-            server.stop()
-
-
-def _embedded_log(cfg: Config, name: str) -> IO[bytes]:
-    """Embedded servers log to a file beside their data, not into this process's output."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    return open(cfg.data_dir / f"{name}.log", "ab")
-
-
-@contextlib.asynccontextmanager
-async def open_resources(cfg: Config) -> AsyncIterator[Resources]:
-    """Connects to MongoDB and Redis, starting embedded servers when no URI is configured."""
-    embedded: list[EmbeddedServer] = []
-    mongodb_uri, redis_url = cfg.mongodb_uri, cfg.redis_url
-    if mongodb_uri is None:
-        server = await asyncio.to_thread(start_mongo, cfg.data_dir / "mongo", 0, _embedded_log(cfg, "mongo"))
-        embedded.append(server)
-        mongodb_uri = server.uri
-        log.info("started embedded SecantusDB on port %d (data in %s)", server.port, cfg.data_dir / "mongo")
-    if redis_url is None:
-        server = await asyncio.to_thread(start_redis, cfg.data_dir / "redis", 0, _embedded_log(cfg, "redis"))
-        embedded.append(server)
-        redis_url = server.uri
-        log.info("started embedded Valkey on port %d", server.port)
-    store = Store.connect(mongodb_uri, cfg.mongodb_db)
-    redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=3, health_check_interval=10)
-    arq = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=cfg.arq_queue)
-    res = Resources(cfg, store, redis, arq, embedded)
-    try:
-        yield res
-    finally:
-        await res.close()
 
 
 async def watch_health(health: HealthServicer, res: Resources, stopping: asyncio.Event) -> None:
@@ -117,6 +58,47 @@ async def watch_health(health: HealthServicer, res: Resources, stopping: asyncio
             await asyncio.wait_for(stopping.wait(), HEALTH_PROBE_SECONDS)
 
 
+class GatewayServer:
+    """The gRPC server over open resources: SmsService, SmsIngestService, health and reflection."""
+
+    def __init__(self, cfg: Config, res: Resources) -> None:
+        self.cfg = cfg
+        self.res = res
+        self.hub = Hub(cfg, res.redis)
+        self.admin = Admin(cfg, res.store, res.arq, res.gateway)
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
+        sms_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(cfg, res.gateway, self.hub, self.admin), self.server)
+        ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(IngestServicer(res.gateway, cfg.jwt_secret), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+        self._stopping = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listens on SMS_GRPC_ADDR (port 0: a free one, see `port`) and starts serving and watching health."""
+        self.port = self.server.add_insecure_port(self.cfg.grpc_addr)
+        await self.server.start()
+        await self.hub.start()
+        self._watcher = asyncio.create_task(watch_health(self.health, self.res, self._stopping))
+        log.info("sms-gateway server listening on %s", self.cfg.grpc_addr)
+
+    async def stop(self) -> None:
+        """NOT_SERVING, ends streams, drains calls for up to SMS_DRAIN_SECONDS."""
+        log.info("shutting down: NOT_SERVING, ending streams, draining calls for up to %.0f s", self.cfg.drain_seconds)
+        self._stopping.set()
+        await self.health.enter_graceful_shutdown()
+        await self.hub.close()
+        await self.server.stop(self.cfg.drain_seconds)
+        if self._watcher is not None:
+            await self._watcher
+        await self.admin.close()
+
+
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls and returns."""
     cfg.require("SMS_JWT_SECRET")
@@ -127,38 +109,13 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
             cfg.our_number,
         )
     async with open_resources(cfg) as res:
-        await res.store.ensure_indexes()
-        events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)
-        gateway = Gateway(cfg, res.store, events, SendQueue(res.arq, cfg.arq_queue))
-        hub = Hub(cfg, res.redis)
-        admin = Admin(cfg, res.store, res.arq, gateway)
-        server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
-        sms_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(cfg, gateway, hub, admin), server)
-        ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(IngestServicer(gateway, cfg.jwt_secret), server)
-        health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        server.add_insecure_port(cfg.grpc_addr)
+        server = GatewayServer(cfg, res)
         await server.start()
-        await hub.start()
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        watcher = asyncio.create_task(watch_health(health, res, stopping))
-        log.info("sms-gateway server listening on %s", cfg.grpc_addr)
+        stopping = stop_event()
         if ready is not None:
             ready.set()
         await stopping.wait()
-        log.info("shutting down: NOT_SERVING, ending streams, draining calls for up to %.0f s", cfg.drain_seconds)
-        await health.enter_graceful_shutdown()
-        await hub.close()
-        await server.stop(cfg.drain_seconds)
-        await watcher
-        await admin.close()
+        await server.stop()
     log.info("server stopped")
 
 

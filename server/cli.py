@@ -17,7 +17,7 @@ def _server(cfg: Config, _: argparse.Namespace) -> int:
 
 
 def _worker(cfg: Config, _: argparse.Namespace) -> int:
-    from server.worker import run
+    from server.worker.settings import run
 
     return run(cfg)
 

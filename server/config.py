@@ -136,8 +136,10 @@ class Config:
     # Where injected inbound messages are posted; default SMS_PUBLIC_BASE_URL + /twilio/inbound.
     simulator_inbound_url: str = ""
 
-    # Local stack: Envoy, the single web entry point (UI + grpc-web).
+    # Local stack: Envoy, the single web entry point (UI + grpc-web), and the built web UI it serves
+    # (default: the checkout's build, clients/web/dist under the working directory, when there is one).
     web_addr: str = "127.0.0.1:8080"
+    web_dist: Path = Path("clients/web/dist")
 
     @property
     def our_number(self) -> str:
@@ -190,17 +192,32 @@ class Config:
             simulator_rules=e.get("SMS_SIMULATOR_RULES", ""),
             simulator_inbound_url=e.get("SMS_SIMULATOR_INBOUND_URL", ""),
             web_addr=e.get("SMS_WEB_ADDR") or cls.web_addr,
+            web_dist=Path(e.get("SMS_WEB_DIST") or cls.web_dist),
         )
 
-    def require(self, *names: str) -> None:
-        """Raises ConfigError naming every listed setting (by environment name) that is empty."""
-        missing = [name for name in names if not getattr(self, _ENV_TO_FIELD[name])]
-        if missing:
-            raise ConfigError("missing required settings: " + ", ".join(missing))
+    def missing(self, *names: str) -> list[str]:
+        """The listed settings (environment names; "A|B": either will do) that are empty, as "A or B"."""
+        absent = []
+        for name in names:
+            alternatives = name.split("|")
+            if not any(getattr(self, _ENV_TO_FIELD[alt]) for alt in alternatives):
+                absent.append(" or ".join(alternatives))
+        return absent
 
+    def require(self, *names: str) -> None:
+        """The one check of required settings: ConfigError naming every listed setting that is empty."""
+        absent = self.missing(*names)
+        if absent:
+            raise ConfigError("missing required settings: " + ", ".join(absent))
+
+
+# What any process that talks to Twilio needs (the worker, and the server for SyncFromTwilio).
+TWILIO_SETTINGS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER|TWILIO_MESSAGING_SERVICE_SID")
 
 _ENV_TO_FIELD = {
     "SMS_JWT_SECRET": "jwt_secret",
+    "MONGODB_URI": "mongodb_uri",
+    "REDIS_URL": "redis_url",
     "TWILIO_ACCOUNT_SID": "twilio_account_sid",
     "TWILIO_AUTH_TOKEN": "twilio_auth_token",
     "TWILIO_FROM_NUMBER": "twilio_from_number",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sms.v1 import types_pb2
 
 from server import status as st
+from server.documents import ConversationDoc, MessageDoc
 from server.timeutil import to_timestamp
-
-Doc = dict[str, Any]
 
 _DIRECTION = {"outbound": types_pb2.DIRECTION_OUTBOUND, "inbound": types_pb2.DIRECTION_INBOUND}
 
 
-def message_to_proto(doc: Doc) -> types_pb2.Message:
+def message_to_proto(doc: MessageDoc) -> types_pb2.Message:
     """The API view of a stored message."""
     msg = types_pb2.Message(
         id=str(doc["_id"]),
@@ -53,7 +50,7 @@ def message_to_proto(doc: Doc) -> types_pb2.Message:
     return msg
 
 
-def conversation_to_proto(doc: Doc) -> types_pb2.Conversation:
+def conversation_to_proto(doc: ConversationDoc) -> types_pb2.Conversation:
     """The API view of a stored conversation."""
     return types_pb2.Conversation(
         id=doc["_id"],

@@ -1,58 +1,81 @@
-"""The edge between gRPC and the core: authentication and the domain-error → status mapping."""
+"""The edge between gRPC and the core: the RPC decorators authenticate the caller and map domain errors.
+
+Every handler is written `async def Method(self, request, context, caller)`: the decorator verifies the bearer
+token (and the caller's role, when the decorator names roles) and hands the caller in. Domain errors raised
+anywhere in the call, or anywhere in a stream, become a status with its ErrorInfo reason here, in one place.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from server.auth import Caller, Role, caller_from_metadata
 from server.errors import DomainError, PermissionDenied, to_status
+from server.reasons import Reason
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def unary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turns domain errors raised by a unary handler into rich statuses; the one mapping point."""
+class Servicer(Protocol):
+    """A servicer whose methods the decorators wrap: it knows the secret that signs its callers' tokens."""
 
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        try:
-            return await handler(self, request, context)
-        except DomainError as exc:
-            await context.abort_with_status(to_status(exc))
-            raise  # abort_with_status raises; this keeps type checkers sure we never fall through
-
-    return wrapper
+    jwt_secret: str
 
 
-StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]
+S = TypeVar("S", bound=Servicer)
+Handler = Callable[[S, Req, Context, Caller], Awaitable[Resp]]
+Method = Callable[[S, Req, Context], Awaitable[Resp]]
+StreamHandler = Callable[[S, Req, Context, Caller], AsyncIterator[Resp]]
+StreamMethod = Callable[[S, Req, Context], AsyncIterator[Resp]]
 
 
-def streaming(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
-    """The same mapping for a server-streaming handler, wherever in the stream the error is raised."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
-        try:
-            async for response in handler(self, request, context):
-                yield response
-        except DomainError as exc:
-            await context.abort_with_status(to_status(exc))
-
-    return wrapper
-
-
-def authenticate(secret: str, context: grpc.aio.ServicerContext[Any, Any], *roles: Role) -> Caller:
-    """The caller of this call; PermissionDenied when their role is not among `roles` (if given)."""
+def authenticate(secret: str, context: Context, roles: tuple[Role, ...]) -> Caller:
+    """The caller of this call; PermissionDenied when `roles` is given and their role is not among them."""
     caller = caller_from_metadata(secret, context.invocation_metadata())  # type: ignore[arg-type]
     if roles and caller.role not in roles:
-        raise PermissionDenied(f"role {caller.role.value} may not call this method", "ROLE_NOT_ALLOWED")
+        raise PermissionDenied(f"role {caller.role.value} may not call this method", Reason.ROLE_NOT_ALLOWED)
     return caller
+
+
+def unary(*roles: Role) -> Callable[[Handler[S, Req, Resp]], Method[S, Req, Resp]]:
+    """A unary RPC open to `roles` (any authenticated caller when none are named)."""
+
+    def decorate(handler: Handler[S, Req, Resp]) -> Method[S, Req, Resp]:
+        @functools.wraps(handler)
+        async def wrapper(self: S, request: Req, context: Context) -> Resp:
+            try:
+                return await handler(self, request, context, authenticate(self.jwt_secret, context, roles))
+            except DomainError as exc:
+                await context.abort_with_status(to_status(exc))
+                raise  # abort_with_status raises; this keeps type checkers sure we never fall through
+
+        return wrapper
+
+    return decorate
+
+
+def streaming(*roles: Role) -> Callable[[StreamHandler[S, Req, Resp]], StreamMethod[S, Req, Resp]]:
+    """A server-streaming RPC open to `roles`; errors map the same way wherever in the stream they arise."""
+
+    def decorate(handler: StreamHandler[S, Req, Resp]) -> StreamMethod[S, Req, Resp]:
+        @functools.wraps(handler)
+        async def wrapper(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
+            try:
+                caller = authenticate(self.jwt_secret, context, roles)
+                async for response in handler(self, request, context, caller):
+                    yield response
+            except DomainError as exc:
+                await context.abort_with_status(to_status(exc))
+
+        return wrapper
+
+    return decorate

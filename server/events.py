@@ -9,11 +9,10 @@ from redis.asyncio import Redis
 from sms.v1 import types_pb2
 
 from server.convert import conversation_to_proto, message_to_proto
+from server.documents import ConversationDoc, MessageDoc
 from server.timeutil import now, to_timestamp
 
 log = logging.getLogger(__name__)
-
-Doc = dict[str, Any]
 
 # Stream entry fields. `owner` and `conversation_id` let a reader route an event without parsing it.
 F_OWNER, F_CONVERSATION, F_DATA = b"owner", b"conversation_id", b"data"
@@ -54,12 +53,12 @@ class EventLog:
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    async def message(self, kind: types_pb2.EventType.ValueType, doc: Doc) -> str | None:
+    async def message(self, kind: types_pb2.EventType.ValueType, doc: MessageDoc) -> str | None:
         """Appends a message event carrying the message as it now is."""
         event = types_pb2.Event(type=kind, time=to_timestamp(now()), message=message_to_proto(doc))
         return await self.append(event, doc.get("owner", ""), doc["conversation_id"])
 
-    async def conversation(self, doc: Doc) -> str | None:
+    async def conversation(self, doc: ConversationDoc) -> str | None:
         """Appends a conversation-updated event carrying the conversation as it now is."""
         event = types_pb2.Event(
             type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,

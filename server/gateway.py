@@ -5,19 +5,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
 from sms.v1 import types_pb2
 
 from server import paging
 from server import status as st
 from server.auth import Caller
 from server.config import Config
+from server.documents import (
+    ConversationDoc,
+    Fields,
+    MediaDoc,
+    MessageDoc,
+    StatusEntry,
+    conversation_id,
+    message_oid,
+    new_conversation,
+    new_inbound,
+    new_outbound,
+)
 from server.errors import (
     Aborted,
     AlreadyExists,
@@ -28,9 +40,10 @@ from server.errors import (
 )
 from server.events import EventLog
 from server.phone import normalise_lenient, to_e164
-from server.send_queue import SendQueue
-from server.store import Doc, Store, conversation_id, message_oid
+from server.reasons import Reason
+from server.store import Store
 from server.timeutil import now
+from server.worker.queue import SendQueue
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,17 @@ def opt_keyword(body: str) -> bool | None:
     if word in OPT_IN_WORDS:
         return False
     return None
+
+
+D = TypeVar("D", ConversationDoc, MessageDoc)
+
+
+def _page(kind: str, docs: list[D], limit: int, position: Callable[[D], tuple[datetime, str]]) -> tuple[list[D], str]:
+    """The first `limit` of `docs` (read one more than that) and the token of the page after them."""
+    if len(docs) <= limit:
+        return docs, ""
+    page = docs[:limit]
+    return page, paging.encode_token(kind, *position(page[-1]))
 
 
 @dataclass(frozen=True)
@@ -104,19 +128,19 @@ class Gateway:
 
     # Access
 
-    def _may_see(self, caller: Caller, conversation: Doc) -> bool:
+    def _may_see(self, caller: Caller, conversation: ConversationDoc) -> bool:
         return caller.sees_all or conversation.get("owner") == caller.user_id
 
-    async def conversation_for(self, caller: Caller, cid: str) -> Doc:
+    async def conversation_for(self, caller: Caller, cid: str) -> ConversationDoc:
         """The conversation when the caller may see it; NOT_FOUND otherwise (existence is not leaked)."""
         if not cid:
             raise InvalidArgument("conversation_id", "required")
         conv = await self.store.get_conversation(cid)
         if conv is None or not self._may_see(caller, conv):
-            raise NotFound(f"conversation {cid} not found", "CONVERSATION_NOT_FOUND")
+            raise NotFound(f"conversation {cid} not found", Reason.CONVERSATION_NOT_FOUND)
         return conv
 
-    async def message_for(self, caller: Caller, message_id: str) -> Doc:
+    async def message_for(self, caller: Caller, message_id: str) -> MessageDoc:
         """The message when the caller may see its conversation; NOT_FOUND otherwise."""
         if not message_id:
             raise InvalidArgument("message_id", "required")
@@ -127,62 +151,66 @@ class Gateway:
             if conv is None or not self._may_see(caller, conv):
                 doc = None
         if doc is None:
-            raise NotFound(f"message {message_id} not found", "MESSAGE_NOT_FOUND")
+            raise NotFound(f"message {message_id} not found", Reason.MESSAGE_NOT_FOUND)
         return doc
 
     # Send
 
-    async def send(self, caller: Caller, req: SendInput) -> tuple[Doc, bool]:
+    async def send(self, caller: Caller, req: SendInput) -> tuple[MessageDoc, bool]:
         """Stores the message as QUEUED, then queues it; returns it and whether it was a repeat."""
         fingerprint = req.fingerprint()
         # Keys are per user: the sender's, which differs from the owner when an admin sends.
         request_key = f"{caller.user_id}\x1f{req.request_id}" if req.request_id else ""
+
+        async def same_request(earlier: MessageDoc) -> None:
+            if earlier.get("fingerprint") != fingerprint:
+                raise AlreadyExists("request_id was already used with a different payload", Reason.REQUEST_ID_REUSED)
+
         if request_key:
             earlier = await self.store.find_by_request(request_key)
             if earlier is not None:
-                return await self._same_request(earlier, fingerprint), True
+                await same_request(earlier)
+                return await self._replayed(earlier), True
         conv = await self._conversation_to_send(caller, req)
-        t = now()
-        doc: Doc = {
-            "conversation_id": conv["_id"],
-            "direction": "outbound",
-            "from": self.our_number,
-            "to": req.to,
-            "body": req.body,
-            "media": [{"url": u, "content_type": ""} for u in req.media_urls],
-            "status": st.QUEUED,
-            "status_history": [{"status": st.QUEUED, "time": t, "applied": True}],
-            "owner": conv["owner"],
-            "sender": caller.user_id,
-            "contact_id": req.contact_id or conv.get("contact_id", ""),
-            "attempts": 0,
-            "fingerprint": fingerprint,
-            "pending": t,
-            "created": t,
-            "updated": t,
-        }
-        if request_key:
-            doc["request_id"] = req.request_id
-            doc["request_key"] = request_key
-        try:
-            await self.store.insert_message(doc)
-        except DuplicateKeyError:
-            # A concurrent Send with the same key won the insert.
-            earlier = await self.store.find_by_request(request_key)
-            if earlier is None:
-                raise
-            return await self._same_request(earlier, fingerprint), True
-        await self.finish(doc)
-        return doc, False
+        doc = new_outbound(
+            conv,
+            from_number=self.our_number,
+            to=req.to,
+            body=req.body,
+            media_urls=req.media_urls,
+            sender=caller.user_id,
+            contact_id=req.contact_id,
+            fingerprint=fingerprint,
+            request_id=req.request_id,
+            request_key=request_key,
+            at=now(),
+        )
+        return await self._store_once(doc, lambda: self.store.find_by_request(request_key), same_request)
 
-    async def _same_request(self, earlier: Doc, fingerprint: str) -> Doc:
-        if earlier.get("fingerprint") != fingerprint:
-            raise AlreadyExists("request_id was already used with a different payload", "REQUEST_ID_REUSED")
-        return await self._replayed(earlier)
+    # Storing a new message once, and what follows it
 
-    # What follows storing a new message
+    async def _store_once(
+        self,
+        doc: MessageDoc,
+        find_earlier: Callable[[], Awaitable[MessageDoc | None]],
+        check_earlier: Callable[[MessageDoc], Awaitable[None]] | None = None,
+    ) -> tuple[MessageDoc, bool]:
+        """Inserts a new message and applies its effects; on a duplicate key, replays the stored one instead.
 
-    async def finish(self, doc: Doc) -> None:
+        The unique index (sid or request key) is the dedupe: inserting first saves a read in the common case,
+        and of two concurrent writers exactly one inserts. Returns the message and whether it was a repeat.
+        """
+        if await self.store.insert_new_message(doc):
+            await self.finish(doc)
+            return doc, False
+        earlier = await find_earlier()
+        if earlier is None:
+            raise Aborted("a message with the same key was stored and is gone; retry", Reason.CONCURRENT_UPDATE)
+        if check_earlier is not None:
+            await check_earlier(earlier)
+        return await self._replayed(earlier), True
+
+    async def finish(self, doc: MessageDoc) -> None:
         """The effects of a newly stored message: counts, opt-out, events, and for outbound the send job.
 
         The message is inserted with `pending` set and it is cleared only after all of these, so a crash or a
@@ -199,7 +227,7 @@ class Gateway:
         await self.store.clear_pending(doc["_id"])
         doc.pop("pending", None)
 
-    async def _replayed(self, doc: Doc) -> Doc:
+    async def _replayed(self, doc: MessageDoc) -> MessageDoc:
         """A repeat of a stored message; finishes it first when its first delivery died half-way."""
         since = doc.get("pending")
         # A young marker means the first delivery may still be running; should it die, the reconciler finishes.
@@ -207,58 +235,43 @@ class Gateway:
             await self.resume_pending(doc)
         return doc
 
-    async def resume_pending(self, doc: Doc) -> None:
+    async def resume_pending(self, doc: MessageDoc) -> None:
         """Finishes a message abandoned half-way (see `finish`), unless another replica just took it over."""
         if await self.store.claim_pending(doc["_id"], doc["pending"]):
             log.warning("finishing message %s whose first delivery stopped half-way", doc["_id"])
             await self.finish(doc)
 
-    async def _conversation_to_send(self, caller: Caller, req: SendInput) -> Doc:
+    async def _conversation_to_send(self, caller: Caller, req: SendInput) -> ConversationDoc:
         cid = conversation_id(self.our_number, req.to)
-        conv = await self.store.get_conversation(cid)
-        if conv is None:
-            t = now()
-            conv = await self.store.create_conversation(
-                {
-                    "_id": cid,
-                    "our_number": self.our_number,
-                    "contact_number": req.to,
-                    "contact_id": req.contact_id,
-                    "owner": caller.user_id,
-                    "last_message_preview": "",
-                    "last_message_at": t,
-                    "last_message_direction": "",
-                    "unread_count": 0,
-                    "message_count": 0,
-                    "opted_out": False,
-                    "created": t,
-                    "updated": t,
-                }
-            )
+        conv = await self.store.get_conversation(cid) or await self.store.create_conversation(
+            new_conversation(self.our_number, req.to, caller.user_id, req.contact_id, now())
+        )
         if conv.get("opted_out"):
-            raise FailedPrecondition(f"{req.to} has opted out (STOP); they must text START first", "OPTED_OUT")
+            raise FailedPrecondition(f"{req.to} has opted out (STOP); they must text START first", Reason.OPTED_OUT)
         if caller.sees_all or conv["owner"] == caller.user_id:
             return conv
         # Unassigned inbound conversations go to the first agent who answers.
         if conv["owner"] == self.cfg.default_owner and await self.store.claim_conversation(
             cid, self.cfg.default_owner, caller.user_id, req.contact_id
         ):
-            await self.store.messages.update_many({"conversation_id": cid}, {"$set": {"owner": caller.user_id}})
-            conv = await self.store.get_conversation(cid)
-            assert conv is not None
-            return conv
-        raise PermissionDenied("this contact's conversation belongs to another agent", "CONVERSATION_OF_ANOTHER_AGENT")
+            await self.store.reassign_messages(cid, caller.user_id)
+            claimed = await self.store.get_conversation(cid)
+            assert claimed is not None  # a conversation is never deleted
+            return claimed
+        raise PermissionDenied(
+            "this contact's conversation belongs to another agent", Reason.CONVERSATION_OF_ANOTHER_AGENT
+        )
 
     # Reading
 
-    async def list_conversations(self, caller: Caller, size: int, token: str) -> tuple[list[Doc], str]:
+    async def list_conversations(self, caller: Caller, size: int, token: str) -> tuple[list[ConversationDoc], str]:
         limit = paging.page_size(size)
         after = paging.decode_token("conversations", token)
         owner = None if caller.sees_all else caller.user_id
         docs = await self.store.list_conversations(owner, after, limit + 1)
-        return self._page("conversations", docs, limit, "last_message_at", lambda d: str(d["_id"]))
+        return _page("conversations", docs, limit, lambda d: (d["last_message_at"], d["_id"]))
 
-    async def list_messages(self, caller: Caller, cid: str, size: int, token: str) -> tuple[list[Doc], str]:
+    async def list_messages(self, caller: Caller, cid: str, size: int, token: str) -> tuple[list[MessageDoc], str]:
         limit = paging.page_size(size)
         position = paging.decode_token("messages", token)
         conv = await self.conversation_for(caller, cid)
@@ -266,26 +279,18 @@ class Gateway:
         if position is not None:
             oid = message_oid(position[1])
             if oid is None:
-                raise InvalidArgument("page_token", "malformed page token", "INVALID_PAGE_TOKEN")
+                raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
             after = (position[0], oid)
         docs = await self.store.list_messages(conv["_id"], after, limit + 1)
-        return self._page("messages", docs, limit, "created", lambda d: str(d["_id"]))
+        return _page("messages", docs, limit, lambda d: (d["created"], str(d["_id"])))
 
-    @staticmethod
-    def _page(kind: str, docs: list[Doc], limit: int, time_field: str, key: Any) -> tuple[list[Doc], str]:
-        if len(docs) <= limit:
-            return docs, ""
-        page = docs[:limit]
-        last = page[-1]
-        return page, paging.encode_token(kind, last[time_field], key(last))
-
-    async def mark_read(self, caller: Caller, cid: str) -> Doc:
+    async def mark_read(self, caller: Caller, cid: str) -> ConversationDoc:
         conv = await self.conversation_for(caller, cid)
         if await self.store.mark_read(cid):
             return await self._conversation_changed(cid) or conv
         return conv
 
-    async def _conversation_changed(self, cid: str) -> Doc | None:
+    async def _conversation_changed(self, cid: str) -> ConversationDoc | None:
         """Reads the conversation as it now is and appends its event."""
         conv = await self.store.get_conversation(cid)
         if conv is not None:
@@ -300,12 +305,12 @@ class Gateway:
         from_raw: str,
         to_raw: str,
         body: str,
-        media: list[Doc],
+        media: list[MediaDoc],
         segments: int,
         params: dict[str, str],
         received: datetime | None,
         messaging_service_sid: str = "",
-    ) -> tuple[Doc, bool]:
+    ) -> tuple[MessageDoc, bool]:
         """Stores an inbound message once per sid; returns it and whether it was a replay."""
         if not sid:
             raise InvalidArgument("message_sid", "required")
@@ -314,55 +319,23 @@ class Gateway:
         contact = normalise_lenient(from_raw, self.cfg.default_region)
         ours = normalise_lenient(to_raw, self.cfg.default_region)
         side = self._our_side(ours, messaging_service_sid)
-        cid = conversation_id(side, contact)
         t = now()
-        conv = await self.store.get_conversation(cid) or await self.store.create_conversation(
-            {
-                "_id": cid,
-                "our_number": side,
-                "contact_number": contact,
-                "contact_id": "",
-                "owner": self.cfg.default_owner,
-                "last_message_preview": "",
-                "last_message_at": t,
-                "last_message_direction": "",
-                "unread_count": 0,
-                "message_count": 0,
-                "opted_out": False,
-                "created": t,
-                "updated": t,
-            }
+        conv = await self.store.get_conversation(
+            conversation_id(side, contact)
+        ) or await self.store.create_conversation(new_conversation(side, contact, self.cfg.default_owner, "", t))
+        doc = new_inbound(
+            conv,
+            sid=sid,
+            from_number=contact,
+            to_number=ours,
+            body=body,
+            media=media,
+            segments=segments,
+            params=params,
+            received=received or t,
+            at=t,
         )
-        at = received or t
-        doc: Doc = {
-            "conversation_id": cid,
-            "direction": "inbound",
-            "from": contact,
-            "to": ours,
-            "body": body,
-            "media": media,
-            "status": st.RECEIVED,
-            "status_history": [{"status": st.RECEIVED, "time": at, "applied": True}],
-            "twilio_sid": sid,
-            "owner": conv["owner"],
-            "contact_id": conv.get("contact_id", ""),
-            "segments": segments,
-            "params": params,
-            "attempts": 0,
-            "pending": t,
-            "created": t,
-            "updated": t,
-        }
-        try:
-            # Insert first: the unique sid index is the dedupe, and new messages (the common case) save a read.
-            await self.store.insert_message(doc)
-        except DuplicateKeyError:
-            earlier = await self.store.find_by_sid(sid)
-            if earlier is None:
-                raise
-            return await self._replayed(earlier), True
-        await self.finish(doc)
-        return doc, False
+        return await self._store_once(doc, lambda: self.store.find_by_sid(sid))
 
     def _our_side(self, to_number: str, messaging_service_sid: str) -> str:
         """Which of our senders an inbound message reached, named as Send names it.
@@ -379,34 +352,47 @@ class Gateway:
 
     async def record_status(
         self, sid: str, raw_status: str, error_code: int, error_message: str, at: datetime | None
-    ) -> tuple[Doc, bool]:
+    ) -> tuple[MessageDoc, bool]:
         """Applies a Twilio status callback by the ranking rules; returns the message and whether it moved."""
         if not sid:
             raise InvalidArgument("message_sid", "required")
         new = st.parse_status(raw_status)
         doc = await self.store.find_by_sid(sid)
         if doc is None:
-            raise NotFound(f"no message with sid {sid}", "UNKNOWN_MESSAGE_SID")
-        doc, applied = await self.change_status(doc, new, at=at, error_code=error_code, error_message=error_message)
-        if error_code == UNSUBSCRIBED_CODE:
-            await self.opt_out(doc["conversation_id"])
-        return doc, applied
+            raise NotFound(f"no message with sid {sid}", Reason.UNKNOWN_MESSAGE_SID)
+        return await self.change_status(doc, new, at=at, error_code=error_code, error_message=error_message)
 
     async def change_status(
         self,
-        doc: Doc,
+        doc: MessageDoc,
         new: str,
         *,
         at: datetime | None = None,
         error_code: int = 0,
         error_message: str = "",
-        set_fields: Doc | None = None,
-    ) -> tuple[Doc, bool]:
+        set_fields: Fields | None = None,
+    ) -> tuple[MessageDoc, bool]:
         """Records `new` in the history; moves the status only up the ranks. The one status writer.
 
         A status already in the history is a duplicate and changes nothing. `set_fields` are written
         with the change whether or not it moves the status (the worker's sid, price, segments).
+        Twilio's 21610 (the contact replied STOP) opts the conversation out, also on a repeat, so a change
+        whose opt-out was lost to a crash is completed by Twilio's retry.
         """
+        doc, applied = await self._write_status(doc, new, at, error_code, error_message, set_fields)
+        if error_code == UNSUBSCRIBED_CODE:
+            await self.opt_out(doc["conversation_id"])
+        return doc, applied
+
+    async def _write_status(
+        self,
+        doc: MessageDoc,
+        new: str,
+        at: datetime | None,
+        error_code: int,
+        error_message: str,
+        set_fields: Fields | None,
+    ) -> tuple[MessageDoc, bool]:
         for _ in range(_STATUS_RETRIES):
             # A status already in the history is a repeat: it moves nothing and is not recorded again.
             repeat = any(h["status"] == new for h in doc.get("status_history", []))
@@ -414,16 +400,16 @@ class Gateway:
                 return doc, False
             current = doc["status"]
             applied = not repeat and st.moves(current, new)
-            fields: Doc = dict(set_fields or {})
+            fields: Fields = dict(set_fields or {})
             if applied:
                 fields["status"] = new
                 if new in st.FAILURES or error_code:
                     fields["error_code"] = error_code
                     fields["error_message"] = error_message
-            update: Doc = {"$set": fields}
-            expect: Doc = {"status": current}
+            update: Fields = {"$set": fields}
+            expect: Fields = {"status": current}
             if not repeat:
-                entry: Doc = {"status": new, "time": at or now(), "applied": applied}
+                entry: StatusEntry = {"status": new, "time": at or now(), "applied": applied}
                 if error_code:
                     entry["error_code"] = error_code
                 if error_message:
@@ -436,9 +422,9 @@ class Gateway:
                 return updated, applied
             fresh = await self.store.get_message(str(doc["_id"]))
             if fresh is None:
-                raise NotFound(f"message {doc['_id']} vanished", "MESSAGE_NOT_FOUND")
+                raise NotFound(f"message {doc['_id']} vanished", Reason.MESSAGE_NOT_FOUND)
             doc = fresh
-        raise Aborted("message changed concurrently too often; retry", "CONCURRENT_UPDATE")
+        raise Aborted("message changed concurrently too often; retry", Reason.CONCURRENT_UPDATE)
 
     async def opt_out(self, cid: str, opted_out: bool = True) -> None:
         """Marks a conversation opted out (STOP or Twilio 21610) or back in."""

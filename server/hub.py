@@ -29,6 +29,7 @@ from server.events import (
     parse_event_id,
     read_page,
 )
+from server.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +284,15 @@ class Hub:
         if request.resume_token:
             token = parse_event_id(request.resume_token)
             if token is None:
-                raise InvalidArgument("resume_token", "not an event id (expected <ms>-<seq>)", "INVALID_RESUME_TOKEN")
+                raise InvalidArgument(
+                    "resume_token", "not an event id (expected <ms>-<seq>)", Reason.INVALID_RESUME_TOKEN
+                )
         if self._closing:
-            raise Unavailable(SHUTTING_DOWN, "SHUTTING_DOWN")
+            raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
         try:
             await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
         except TimeoutError:
-            raise Unavailable("event log unavailable", "EVENT_LOG_UNAVAILABLE") from None
+            raise Unavailable("event log unavailable", Reason.EVENT_LOG_UNAVAILABLE) from None
         sub = self.subscriber_for(caller, request)
         # Registered before replaying, so whatever the replay misses at its end arrives live.
         self._add(sub)
@@ -314,12 +317,12 @@ class Hub:
         while True:
             while True:
                 if sub.closed:
-                    raise Unavailable(SHUTTING_DOWN, "SHUTTING_DOWN")
+                    raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
                 try:
                     state, entries = await read_page(self.redis, self.stream, cursor, REPLAY_PAGE)
                 except Exception as exc:
                     log.warning("hub: replay failed (%s)", exc)
-                    raise Unavailable("event log unavailable", "EVENT_LOG_UNAVAILABLE") from None
+                    raise Unavailable("event log unavailable", Reason.EVENT_LOG_UNAVAILABLE) from None
                 if cursor > state.last:
                     self._settle(sub, state.last)
                     yield _resync(TOKEN_FUTURE, state.last), state.last
@@ -368,7 +371,7 @@ class Hub:
         last_sent = time.monotonic()
         while True:
             if sub.closed:
-                raise Unavailable(SHUTTING_DOWN, "SHUTTING_DOWN")
+                raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
             if sub.resync is not None:
                 delivered, reason = sub.resync
                 sub.resync = None

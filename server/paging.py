@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 
 from server.errors import InvalidArgument
+from server.reasons import Reason
 from server.timeutil import from_ms, to_ms
 
 DEFAULT_PAGE_SIZE = 50
@@ -40,4 +41,4 @@ def decode_token(kind: str, token: str) -> tuple[datetime, str] | None:
             raise ValueError
         return from_ms(ms), key
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidArgument("page_token", "malformed page token", "INVALID_PAGE_TOKEN") from None
+        raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN) from None

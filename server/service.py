@@ -4,87 +4,78 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
 from server.admin import Admin
-from server.auth import Role
+from server.auth import Caller, Role
 from server.config import Config
 from server.convert import conversation_to_proto, message_to_proto
-from server.edge import authenticate, streaming, unary
+from server.edge import Context, streaming, unary
 from server.gateway import Gateway, validate_send
 from server.hub import Hub
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     def __init__(self, cfg: Config, gateway: Gateway, hub: Hub, admin: Admin) -> None:
         self.cfg = cfg
         self.gateway = gateway
-        self.secret = cfg.jwt_secret
+        self.jwt_secret = cfg.jwt_secret
         self.hub = hub
         self.admin = admin
 
-    @unary
-    async def Send(self, request: sms_pb2.SendRequest, context: Context) -> sms_pb2.SendResponse:
-        caller = authenticate(self.secret, context)
+    @unary()
+    async def Send(self, request: sms_pb2.SendRequest, context: Context, caller: Caller) -> sms_pb2.SendResponse:
         req = validate_send(
             self.cfg, request.to, request.body, list(request.media_urls), request.contact_id, request.request_id
         )
         doc, duplicate = await self.gateway.send(caller, req)
         return sms_pb2.SendResponse(message=message_to_proto(doc), duplicate=duplicate)
 
-    @unary
-    async def GetMessage(self, request: sms_pb2.GetMessageRequest, context: Context) -> sms_pb2.GetMessageResponse:
-        caller = authenticate(self.secret, context)
+    @unary()
+    async def GetMessage(
+        self, request: sms_pb2.GetMessageRequest, context: Context, caller: Caller
+    ) -> sms_pb2.GetMessageResponse:
         doc = await self.gateway.message_for(caller, request.message_id)
         return sms_pb2.GetMessageResponse(message=message_to_proto(doc))
 
-    @unary
+    @unary()
     async def GetConversation(
-        self, request: sms_pb2.GetConversationRequest, context: Context
+        self, request: sms_pb2.GetConversationRequest, context: Context, caller: Caller
     ) -> sms_pb2.GetConversationResponse:
-        caller = authenticate(self.secret, context)
         doc = await self.gateway.conversation_for(caller, request.conversation_id)
         return sms_pb2.GetConversationResponse(conversation=conversation_to_proto(doc))
 
-    @unary
+    @unary()
     async def ListConversations(
-        self, request: sms_pb2.ListConversationsRequest, context: Context
+        self, request: sms_pb2.ListConversationsRequest, context: Context, caller: Caller
     ) -> sms_pb2.ListConversationsResponse:
-        caller = authenticate(self.secret, context)
         docs, token = await self.gateway.list_conversations(caller, request.page_size, request.page_token)
         return sms_pb2.ListConversationsResponse(
             conversations=[conversation_to_proto(d) for d in docs], next_page_token=token
         )
 
-    @unary
+    @unary()
     async def ListMessages(
-        self, request: sms_pb2.ListMessagesRequest, context: Context
+        self, request: sms_pb2.ListMessagesRequest, context: Context, caller: Caller
     ) -> sms_pb2.ListMessagesResponse:
-        caller = authenticate(self.secret, context)
         docs, token = await self.gateway.list_messages(
             caller, request.conversation_id, request.page_size, request.page_token
         )
         return sms_pb2.ListMessagesResponse(messages=[message_to_proto(d) for d in docs], next_page_token=token)
 
-    @unary
+    @unary()
     async def MarkConversationRead(
-        self, request: sms_pb2.MarkConversationReadRequest, context: Context
+        self, request: sms_pb2.MarkConversationReadRequest, context: Context, caller: Caller
     ) -> sms_pb2.MarkConversationReadResponse:
-        caller = authenticate(self.secret, context)
         doc = await self.gateway.mark_read(caller, request.conversation_id)
         return sms_pb2.MarkConversationReadResponse(conversation=conversation_to_proto(doc))
 
-    @streaming
+    @streaming()
     async def Subscribe(
-        self, request: sms_pb2.SubscribeRequest, context: Context
+        self, request: sms_pb2.SubscribeRequest, context: Context, caller: Caller
     ) -> AsyncIterator[sms_pb2.SubscribeResponse]:
         """Events the caller may see; all_owners is honoured for admin/service and ignored for agents."""
-        caller = authenticate(self.secret, context)
         if request.conversation_id:
             # NOT_FOUND for a conversation the caller may not see, as GetConversation answers.
             await self.gateway.conversation_for(caller, request.conversation_id)
@@ -93,16 +84,14 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
             async for response in stream:
                 yield response
 
-    @unary
+    @unary(Role.ADMIN)
     async def GetQueueStats(
-        self, request: sms_pb2.GetQueueStatsRequest, context: Context
+        self, request: sms_pb2.GetQueueStatsRequest, context: Context, caller: Caller
     ) -> sms_pb2.GetQueueStatsResponse:
-        authenticate(self.secret, context, Role.ADMIN)
         return await self.admin.queue_stats()
 
-    @unary
+    @unary(Role.ADMIN)
     async def SyncFromTwilio(
-        self, request: sms_pb2.SyncFromTwilioRequest, context: Context
+        self, request: sms_pb2.SyncFromTwilioRequest, context: Context, caller: Caller
     ) -> sms_pb2.SyncFromTwilioResponse:
-        authenticate(self.secret, context, Role.ADMIN)
         return await self.admin.sync_from_twilio(request)

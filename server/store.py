@@ -2,55 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from server.documents import ConversationDoc, Fields, MessageDoc, message_oid, preview
 from server.timeutil import now
 
-Doc = dict[str, Any]
 Cursor = tuple[datetime, str]
-
-PREVIEW_CHARS = 160
-
-
-def conversation_id(our_number: str, contact_number: str) -> str:
-    """The one conversation per pair of our number and contact number, stable across replicas."""
-    digest = hashlib.sha256(f"{our_number}|{contact_number}".encode()).hexdigest()
-    return f"c{digest[:24]}"
-
-
-def message_oid(message_id: str) -> ObjectId | None:
-    """The ObjectId of a public message id, or None when it cannot be one."""
-    try:
-        return ObjectId(message_id)
-    except (InvalidId, TypeError):
-        return None
-
-
-def preview(body: str, media_count: int) -> str:
-    if body:
-        return body[:PREVIEW_CHARS]
-    return f"[{media_count} attachment{'s' if media_count != 1 else ''}]" if media_count else ""
-
 
 # Message fields behind sparse indexes: written as None by callers, stored as absent.
 SPARSE_FIELDS = frozenset({"send_due", "sent_at", "twilio_sid", "request_key", "pending"})
 
 
-def applied(doc: Doc, update: Doc) -> Doc:
+def applied(doc: MessageDoc, update: Fields) -> MessageDoc:
     """`doc` after a top-level $set/$unset/$push/$inc update, as MongoDB applies it."""
     known = {"$set", "$unset", "$push", "$inc"}
     if not set(update) <= known or any("." in key for op in update.values() for key in op):
         raise ValueError(f"cannot apply {sorted(update)} locally")
-    new = dict(doc)
+    new: Fields = dict(doc)
     new.update(update.get("$set", {}))
     for key in update.get("$unset", {}):
         new.pop(key, None)
@@ -58,22 +33,23 @@ def applied(doc: Doc, update: Doc) -> Doc:
         new[key] = [*new.get(key, []), value]
     for key, value in update.get("$inc", {}).items():
         new[key] = new.get(key, 0) + value
-    return new
+    return cast(MessageDoc, new)
 
 
 class Store:
     """The sms-gateway collections in one database."""
 
-    def __init__(self, client: AsyncMongoClient[Doc], db_name: str) -> None:
+    def __init__(self, client: AsyncMongoClient[Fields], db_name: str) -> None:
         self.client = client
         db = client[db_name]
-        self.messages: AsyncCollection[Doc] = db["messages"]
-        self.conversations: AsyncCollection[Doc] = db["conversations"]
+        # The typed views of the two collections (pymongo types a database's collections by its client).
+        self.messages = cast(AsyncCollection[MessageDoc], db.get_collection("messages"))
+        self.conversations = cast(AsyncCollection[ConversationDoc], db.get_collection("conversations"))
 
     @classmethod
     def connect(cls, uri: str, db_name: str) -> Store:
         """A store over a new client; connections are made lazily."""
-        client: AsyncMongoClient[Doc] = AsyncMongoClient(
+        client: AsyncMongoClient[Fields] = AsyncMongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000
         )
         return cls(client, db_name)
@@ -105,10 +81,10 @@ class Store:
 
     # Conversations
 
-    async def get_conversation(self, cid: str) -> Doc | None:
+    async def get_conversation(self, cid: str) -> ConversationDoc | None:
         return await self.conversations.find_one({"_id": cid})
 
-    async def create_conversation(self, doc: Doc) -> Doc:
+    async def create_conversation(self, doc: ConversationDoc) -> ConversationDoc:
         """Inserts `doc`, or returns the conversation a concurrent caller created first."""
         try:
             await self.conversations.insert_one(doc)
@@ -120,13 +96,17 @@ class Store:
 
     async def claim_conversation(self, cid: str, from_owner: str, to_owner: str, contact_id: str) -> bool:
         """Moves an unassigned conversation to `to_owner`; False when someone else got it first."""
-        update: Doc = {"owner": to_owner, "updated": now()}
+        update: Fields = {"owner": to_owner, "updated": now()}
         if contact_id:
             update["contact_id"] = contact_id
         result = await self.conversations.update_one({"_id": cid, "owner": from_owner}, {"$set": update})
         return result.matched_count == 1
 
-    async def count_message(self, cid: str, message: Doc, unread: bool, extra: Mapping[str, Any]) -> None:
+    async def reassign_messages(self, cid: str, owner: str) -> None:
+        """Gives a conversation's messages its new owner (each message carries a copy for its events)."""
+        await self.messages.update_many({"conversation_id": cid}, {"$set": {"owner": owner}})
+
+    async def count_message(self, cid: str, message: MessageDoc, unread: bool, extra: Mapping[str, Any]) -> None:
         """Counts a new message into its conversation and makes it the last message when it is newest."""
         created: datetime = message["created"]
         inc = {"message_count": 1, **({"unread_count": 1} if unread else {})}
@@ -158,9 +138,9 @@ class Store:
         )
         return result.modified_count == 1
 
-    async def list_conversations(self, owner: str | None, after: Cursor | None, limit: int) -> list[Doc]:
+    async def list_conversations(self, owner: str | None, after: Cursor | None, limit: int) -> list[ConversationDoc]:
         """Conversations by last activity, newest first, after the keyset cursor `after`."""
-        query: Doc = {} if owner is None else {"owner": owner}
+        query: Fields = {} if owner is None else {"owner": owner}
         if after is not None:
             t, cid = after
             query["$or"] = [{"last_message_at": {"$lt": t}}, {"last_message_at": t, "_id": {"$lt": cid}}]
@@ -169,11 +149,14 @@ class Store:
 
     # Messages
 
-    async def insert_message(self, doc: Doc) -> Doc:
-        """Stores a new message; raises DuplicateKeyError on a repeated sid or request id."""
-        result = await self.messages.insert_one(doc)
+    async def insert_new_message(self, doc: MessageDoc) -> bool:
+        """Stores a new message (setting its `_id`); False when its sid or request key is already stored."""
+        try:
+            result = await self.messages.insert_one(doc)
+        except DuplicateKeyError:
+            return False
         doc["_id"] = result.inserted_id
-        return doc
+        return True
 
     async def clear_pending(self, oid: ObjectId) -> None:
         """Marks a new message's effects (counts, events, job) as done."""
@@ -184,30 +167,30 @@ class Store:
         result = await self.messages.update_one({"_id": oid, "pending": since}, {"$set": {"pending": now()}})
         return result.modified_count == 1
 
-    async def stale_pending(self, before: datetime, limit: int) -> list[Doc]:
+    async def stale_pending(self, before: datetime, limit: int) -> list[MessageDoc]:
         """Messages whose effects were abandoned half-way before `before`."""
         return await self.messages.find({"pending": {"$lt": before}}).limit(limit).to_list()
 
-    async def get_message(self, message_id: str) -> Doc | None:
+    async def get_message(self, message_id: str) -> MessageDoc | None:
         oid = message_oid(message_id)
         return None if oid is None else await self.messages.find_one({"_id": oid})
 
-    async def find_by_sid(self, sid: str) -> Doc | None:
+    async def find_by_sid(self, sid: str) -> MessageDoc | None:
         return await self.messages.find_one({"twilio_sid": sid})
 
-    async def find_by_request(self, request_key: str) -> Doc | None:
+    async def find_by_request(self, request_key: str) -> MessageDoc | None:
         return await self.messages.find_one({"request_key": request_key})
 
-    async def list_messages(self, cid: str, after: tuple[datetime, ObjectId] | None, limit: int) -> list[Doc]:
+    async def list_messages(self, cid: str, after: tuple[datetime, ObjectId] | None, limit: int) -> list[MessageDoc]:
         """A conversation's messages, newest first, after the keyset cursor `after`."""
-        query: Doc = {"conversation_id": cid}
+        query: Fields = {"conversation_id": cid}
         if after is not None:
             t, oid = after
             query["$or"] = [{"created": {"$lt": t}}, {"created": t, "_id": {"$lt": oid}}]
         cursor = self.messages.find(query).sort([("created", DESCENDING), ("_id", DESCENDING)])
         return await cursor.limit(limit).to_list()
 
-    async def update_message(self, doc: Doc, expect: Doc, update: Doc) -> Doc | None:
+    async def update_message(self, doc: MessageDoc, expect: Fields, update: Fields) -> MessageDoc | None:
         """Applies `update` to `doc`'s message while `expect` still holds; the message as it now is, or None.
 
         The filter carries the state the caller read, so a concurrent change makes it match nothing instead
@@ -230,7 +213,7 @@ class Store:
     # SecantusDB uses an index only when it covers every field of the filter (no $in, no partial indexes), so
     # these queries filter on indexed fields alone and refine in Python; `send_due` exists to be indexed.
 
-    async def set_send_state(self, doc: Doc, fields: Doc) -> Doc | None:
+    async def set_send_state(self, doc: MessageDoc, fields: Fields) -> MessageDoc | None:
         """Writes worker bookkeeping (in-flight marker, retry time, last error) that is not a status change."""
         return await self.update_message(doc, {}, {"$set": fields})
 
@@ -250,7 +233,7 @@ class Store:
         """Messages handed to Twilio (a sid stored by the worker) since `since`."""
         return await self.messages.count_documents({"sent_at": {"$gte": since}})
 
-    async def waiting(self) -> tuple[int, list[Doc]]:
+    async def waiting(self) -> tuple[int, list[MessageDoc]]:
         """The QUEUED count, and the messages with an attempt in flight or a retry pending (`send_due` set)."""
         queued = await self.messages.count_documents({"status": "queued"})
         due = await self.messages.find(

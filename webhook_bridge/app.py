@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -12,6 +11,8 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from server.config import Config, ConfigError, split_addr
+from server.signals import on_stop_signals
+from server.webhook_routes import INBOUND_PATH, STATUS_PATH
 from webhook_bridge.forms import FORM_CONTENT_TYPE, FormError, inbound_request, parse_form, status_request
 from webhook_bridge.ingest_client import IngestClient, IngestError
 from webhook_bridge.metrics import BridgeMetrics
@@ -148,8 +149,8 @@ def build_app(cfg: Config, metrics: BridgeMetrics | None = None) -> web.Applicat
     bridge = Bridge(client, verifier, metrics)
     # One byte over the limit is enough to tell "too large" from "exactly at the limit".
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_post("/twilio/inbound", bridge.inbound)
-    app.router.add_post("/twilio/status", bridge.status)
+    app.router.add_post(INBOUND_PATH, bridge.inbound)
+    app.router.add_post(STATUS_PATH, bridge.status)
     app.router.add_get("/healthz", bridge.healthz)
     app.router.add_get("/metrics", bridge.metrics_page)
 
@@ -174,9 +175,7 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
     )
     await runner.setup()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    remove_handlers = on_stop_signals(lambda _sig: stop.set())
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
@@ -186,8 +185,7 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
         await stop.wait()
         log.info("stopping: no new connections, finishing in-flight posts")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        remove_handlers()
         await runner.cleanup()
     log.info("webhook bridge stopped")
     return 0
@@ -195,12 +193,10 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
 
 def run(cfg: Config) -> int:
     """Entry point of `sms-gateway bridge`."""
-    cfg.require("SMS_JWT_SECRET")
+    cfg.require("SMS_JWT_SECRET", *(("TWILIO_AUTH_TOKEN", "SMS_PUBLIC_BASE_URL") if cfg.webhook_verify else ()))
     if cfg.bridge_deadline_seconds <= 0:
         raise ConfigError("SMS_BRIDGE_DEADLINE_SECONDS must be above 0: posts are answered only once stored")
-    if cfg.webhook_verify:
-        cfg.require("TWILIO_AUTH_TOKEN", "SMS_PUBLIC_BASE_URL")
-    else:
+    if not cfg.webhook_verify:
         log.warning(
             "!!! SMS_WEBHOOK_VERIFY=false: X-Twilio-Signature is NOT checked; anyone who can reach this "
             "bridge can inject messages and statuses. Local use only. !!!"

@@ -15,6 +15,7 @@ from sms.v1 import ingest_pb2, ingest_pb2_grpc
 
 from server.auth import mint_token
 from server.errors import error_reason
+from server.reasons import Reason
 from webhook_bridge.metrics import BridgeMetrics
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,9 @@ UNAVAILABLE_BACKOFF = (0.05, 0.2)
 UNAVAILABLE_WAIT_PAUSE = 0.2
 # A status callback can overtake the worker's write of the sid: ask again after these pauses.
 NOT_FOUND_BACKOFF = (0.25, 0.5)
-# Concurrent callbacks for one message can exhaust the server's optimistic-update retries; the write is
-# idempotent, so it is simply asked again.
+# Concurrent callbacks for one message can exhaust the server's optimistic-update retries (ABORTED); the write
+# is idempotent, so it is simply asked again.
 CONFLICT_BACKOFF = (0.01, 0.05, 0.1)
-CONFLICT_REASONS = frozenset({"CONCURRENT_UPDATE"})
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # gRPC's default reconnect backoff grows to 120 s; a server that comes back must be reached at once,
@@ -192,9 +192,7 @@ class IngestClient:
 
 def _conflict(exc: grpc.aio.AioRpcError) -> bool:
     """Whether the call lost a race with another writer and may simply be repeated."""
-    if exc.code() == grpc.StatusCode.ABORTED:
-        return True
-    return exc.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(exc) in CONFLICT_REASONS
+    return exc.code() == grpc.StatusCode.ABORTED and error_reason(exc) == Reason.CONCURRENT_UPDATE
 
 
 async def _sleep_within(pause: float, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:

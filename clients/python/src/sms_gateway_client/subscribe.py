@@ -76,8 +76,11 @@ async def subscribe(
     own_channel: grpc.aio.Channel | None = None
     if isinstance(channel_or_target, str):
         options = _channel_options(backoff)
-        own_channel = (grpc.aio.secure_channel(channel_or_target, credentials, options=options)
-                       if credentials is not None else grpc.aio.insecure_channel(channel_or_target, options=options))
+        own_channel = (
+            grpc.aio.secure_channel(channel_or_target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(channel_or_target, options=options)
+        )
         channel = own_channel
     else:
         channel = channel_or_target
@@ -87,8 +90,7 @@ async def subscribe(
     try:
         while True:
             call = stub.Subscribe(
-                sms_pb2.SubscribeRequest(conversation_id=conversation_id, resume_token=last,
-                                         all_owners=all_owners),
+                sms_pb2.SubscribeRequest(conversation_id=conversation_id, resume_token=last, all_owners=all_owners),
                 metadata=bearer_metadata(token),
             )
             try:
@@ -115,8 +117,7 @@ async def subscribe(
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in retry_codes:
                     raise
-                log.info("subscribe: %s (%s); reconnecting after %s", exc.code().name, exc.details(),
-                         last or "(start)")
+                log.info("subscribe: %s (%s); reconnecting after %s", exc.code().name, exc.details(), last or "(start)")
             finally:
                 call.cancel()
             await asyncio.sleep(backoff.delay(attempt))

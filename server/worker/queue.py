@@ -19,10 +19,15 @@ class SendQueue:
         self.queue_name = queue_name
 
     async def enqueue(self, message_id: str) -> bool:
-        """Queues the send; False when Redis failed (the reconciler re-enqueues the stored message later)."""
+        """Queues the send; True when a new job was queued.
+
+        False when the message's job already exists (waiting, deferred for a retry, or running: arq refuses a
+        second job with the same id) or when Redis failed; a stored message whose job is lost is re-enqueued
+        by the reconciler, so a failure here loses nothing.
+        """
         try:
-            await self.arq.enqueue_job(SEND_JOB, message_id, _job_id=message_id, _queue_name=self.queue_name)
+            job = await self.arq.enqueue_job(SEND_JOB, message_id, _job_id=message_id, _queue_name=self.queue_name)
         except Exception:
             log.exception("enqueue of %s failed; the reconciler will pick it up", message_id)
             return False
-        return True
+        return job is not None

@@ -1,12 +1,12 @@
-"""`sms-gateway worker`: the arq worker that sends queued messages through Twilio, its settings built in one place.
+"""`sms-gateway worker`: the arq worker's settings, start-up and shutdown, built in one place.
 
 Concurrency: SMS_SEND_CONCURRENCY jobs run at once per process (arq's max_jobs), and at most
-TWILIO_MAX_CONCURRENCY Twilio requests are open per process (a semaphore in TwilioSender); with N worker
+TWILIO_MAX_CONCURRENCY Twilio requests are open per process (a semaphore in TwilioClient); with N worker
 processes the account sees up to N * TWILIO_MAX_CONCURRENCY, so size both against Twilio's REST limit.
 
 Crash safety: send_message's timeout is SMS_JOB_TIMEOUT_SECONDS and it is the only arq function, so a job of a
 SIGKILLed worker runs again about SMS_JOB_TIMEOUT_SECONDS + 10 s later (arq's in-progress key); the run finds
-the attempt marked in flight and settles it with Twilio before sending again (server.sending).
+the attempt marked in flight and settles it with Twilio before sending again (server.worker.sending).
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
-from server.admin import twilio_missing
-from server.app import open_resources
-from server.config import Config, ConfigError
-from server.events import EventLog
-from server.gateway import Gateway
-from server.reconcile import every, reconcile_once
-from server.send_queue import SEND_JOB, SendQueue
-from server.sending import Sending, send_message
+from server.config import TWILIO_SETTINGS, Config
+from server.resources import open_resources
+from server.signals import on_stop_signals
 from server.timeutil import now
-from server.twilio_sender import TwilioSender
-from server.twilio_sync import sync_window
+from server.worker.jobs import send_message
+from server.worker.queue import SEND_JOB
+from server.worker.reconcile import every, reconcile_once
+from server.worker.sending import Sending
+from server.worker.twilio_client import TwilioClient
+from server.worker.twilio_sync import sync_window
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +38,8 @@ POLL_DELAY_SECONDS = 0.05
 # The periodic sync looks back this many intervals (at least SYNC_MIN_WINDOW), so a missed tick is covered.
 SYNC_LOOKBACK_INTERVALS = 3
 SYNC_MIN_WINDOW = timedelta(minutes=5)
-
-
-def missing_settings(cfg: Config) -> list[str]:
-    """The settings (by environment name) the worker cannot run without."""
-    missing = twilio_missing(cfg)
-    if not cfg.mongodb_uri:
-        missing.append("MONGODB_URI")  # never an embedded database of its own: it would send from nowhere
-    if not cfg.redis_url:
-        missing.append("REDIS_URL")
-    if not cfg.public_base_url:
-        missing.append("SMS_PUBLIC_BASE_URL")
-    return missing
+# Never an embedded database or Redis of its own: it would send from nowhere.
+REQUIRED_SETTINGS = (*TWILIO_SETTINGS, "MONGODB_URI", "REDIS_URL", "SMS_PUBLIC_BASE_URL")
 
 
 def arq_max_tries(cfg: Config) -> int:
@@ -85,6 +74,8 @@ def worker_settings(cfg: Config) -> dict[str, Any]:
         "health_check_interval": cfg.health_check_interval_seconds,
         # SIGTERM: stop taking jobs, let running sends finish (each is bounded by the job timeout), then exit.
         "job_completion_wait": cfg.job_timeout_seconds,
+        # Our own stop-signal handling (server.signals) calls arq's graceful handler; see `work`.
+        "handle_signals": False,
         "poll_delay": POLL_DELAY_SECONDS,
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -98,10 +89,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     stack = contextlib.AsyncExitStack()
     ctx["stack"] = stack
     res = await stack.enter_async_context(open_resources(cfg))
-    await res.store.ensure_indexes()
-    events = EventLog(res.redis, cfg.event_stream, cfg.event_retention)
-    gateway = Gateway(cfg, res.store, events, SendQueue(res.arq, cfg.arq_queue))
-    twilio = TwilioSender(cfg)
+    gateway = res.gateway
+    twilio = TwilioClient(cfg)
     await twilio.start()
     stack.push_async_callback(twilio.close)
     ctx["sending"] = Sending(cfg, res.store, gateway, twilio)
@@ -114,7 +103,7 @@ async def startup(ctx: dict[str, Any]) -> None:
                 cfg.reconcile_interval_seconds,
                 cfg.arq_queue + ":reconcile-lock",
                 res.arq,
-                lambda: reconcile_once(cfg, gateway, res.arq),
+                lambda: reconcile_once(cfg, gateway),
                 stopping,
             )
         )
@@ -128,13 +117,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
         tasks.append(
             asyncio.create_task(
-                every(
-                    cfg.sync_interval_seconds,
-                    cfg.arq_queue + ":sync-lock",
-                    res.arq,
-                    periodic_sync,
-                    stopping,
-                )
+                every(cfg.sync_interval_seconds, cfg.arq_queue + ":sync-lock", res.arq, periodic_sync, stopping)
             )
         )
     ctx["background"] = tasks
@@ -169,22 +152,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await stack.aclose()
 
 
-async def _work(cfg: Config) -> None:
-    worker = Worker(**worker_settings(cfg))
+async def work(cfg: Config, **overrides: Any) -> None:
+    """Runs an arq worker with our settings (and `overrides`, e.g. burst=True) until a stop signal or its end."""
+    worker = Worker(**{**worker_settings(cfg), **overrides})
+    remove_handlers = on_stop_signals(worker.handle_sig_wait_for_completion)
     try:
         await worker.async_run()
     except asyncio.CancelledError:
-        # arq's signal handler cancels its main task once the running jobs are done: a normal stop.
+        # arq's stop handler cancels its main task once the running jobs are done: a normal stop.
         pass
     finally:
+        remove_handlers()
         await worker.close()
     log.info("worker stopped")
 
 
 def run(cfg: Config) -> int:
     """Entry point of `sms-gateway worker`; ConfigError (exit 2 in the CLI) names every missing setting."""
-    missing = missing_settings(cfg)
-    if missing:
-        raise ConfigError("missing required settings: " + ", ".join(missing))
-    asyncio.run(_work(cfg))
+    cfg.require(*REQUIRED_SETTINGS)
+    asyncio.run(work(cfg))
     return 0

@@ -16,7 +16,6 @@ from arq.connections import ArqRedis
 
 from server.config import Config
 from server.gateway import PENDING_GRACE, Gateway
-from server.send_queue import SEND_JOB
 from server.timeutil import now
 
 log = logging.getLogger(__name__)
@@ -24,12 +23,13 @@ log = logging.getLogger(__name__)
 RECONCILE_BATCH = 500
 
 
-async def reconcile_once(cfg: Config, gateway: Gateway, arq: ArqRedis) -> int:
+async def reconcile_once(cfg: Config, gateway: Gateway) -> int:
     """Finishes messages whose effects were abandoned half-way, then re-enqueues lost sends.
 
     A message is re-enqueued when it has no sid and nobody touched it for SMS_RECONCILE_AGE_SECONDS. The job
     id is the message id, so a message whose job still exists (waiting, deferred for a retry, or running) is
-    left alone by arq; only lost jobs come back. Returns how many were enqueued.
+    left alone by arq; only lost jobs come back. Enqueued through the send queue, as Send does. Returns how many
+    were enqueued.
     """
     store = gateway.store
     abandoned = await store.stale_pending(now() - PENDING_GRACE, RECONCILE_BATCH)
@@ -38,8 +38,7 @@ async def reconcile_once(cfg: Config, gateway: Gateway, arq: ArqRedis) -> int:
     cutoff = now() - timedelta(seconds=cfg.reconcile_age_seconds)
     enqueued = 0
     for message_id in await store.stale_outbound(cutoff, RECONCILE_BATCH):
-        job = await arq.enqueue_job(SEND_JOB, message_id, _job_id=message_id, _queue_name=cfg.arq_queue)
-        if job is not None:
+        if await gateway.queue.enqueue(message_id):
             enqueued += 1
     if enqueued:
         log.info("reconciler re-enqueued %d message(s) whose job was gone", enqueued)

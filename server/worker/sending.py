@@ -8,14 +8,13 @@ One run of the job:
 3. With tries left: record the attempt (status SENDING, attempts + 1, `in_flight` with its time), create the
    message, then store the sid and what Twilio answered through Gateway.change_status.
 4. Transient errors retry with backoff via arq's Retry; permanent ones (and the last transient one) fail the
-   message with Twilio's code kept; 21610 also opts the conversation out.
+   message with Twilio's code kept (the status change itself opts the conversation out on 21610).
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 from arq import Retry
 from pymongo.errors import PyMongoError
@@ -23,11 +22,13 @@ from redis.exceptions import RedisError
 
 from server import status as st
 from server.config import Config
+from server.documents import Fields, LastError, MessageDoc
 from server.errors import InvalidArgument
-from server.gateway import UNSUBSCRIBED_CODE, Gateway
-from server.store import Doc, Store
+from server.gateway import Gateway
+from server.store import Store
 from server.timeutil import aware, now
-from server.twilio_sender import TwilioFailure, TwilioMessage, TwilioSender
+from server.webhook_routes import STATUS_PATH
+from server.worker.twilio_client import TwilioClient, TwilioFailure, TwilioMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ CALLBACK_OVERRIDES = "#rc=3&rp=ct,rt,5xx"
 class Sending:
     """Runs send jobs against one store, gateway and Twilio client."""
 
-    def __init__(self, cfg: Config, store: Store, gateway: Gateway, twilio: TwilioSender) -> None:
+    def __init__(self, cfg: Config, store: Store, gateway: Gateway, twilio: TwilioClient) -> None:
         self.cfg = cfg
         self.store = store
         self.gateway = gateway
         self.twilio = twilio
-        self.status_callback = f"{cfg.public_base_url}/twilio/status{CALLBACK_OVERRIDES}"
+        self.status_callback = f"{cfg.public_base_url}{STATUS_PATH}{CALLBACK_OVERRIDES}"
 
     def retry_delay(self, attempt: int) -> float:
         """The pause after failed attempt number `attempt` (1-based): SMS_RETRY_DELAYS, last one repeated."""
@@ -82,12 +83,13 @@ class Sending:
                 return outcome
         attempts = int(doc.get("attempts", 0))
         if attempts >= self.cfg.send_max_tries:
-            last = doc.get("last_error") or {}
-            await self._fail(doc, int(last.get("code", 0)), str(last.get("message", "no tries left")))
+            last = doc.get("last_error")
+            code, message = (last["code"], last["message"]) if last else (0, "no tries left")
+            await self._fail(doc, code, message)
             return f"failed after {attempts} tries"
         return await self._attempt(doc, attempts + 1)
 
-    async def _attempt(self, doc: Doc, attempt: int) -> str:
+    async def _attempt(self, doc: MessageDoc, attempt: int) -> str:
         # Persist, then act: the marker says "Twilio may have this message" before the request leaves. It is
         # written before waiting for a Twilio slot, so a slow database never holds a slot idle; the price is a
         # settle (one list request) for a worker killed while waiting.
@@ -110,9 +112,9 @@ class Sending:
         await self._adopt(doc, msg)
         return f"sent {msg.sid} ({msg.status})"
 
-    async def _adopt(self, doc: Doc, msg: TwilioMessage) -> Doc:
+    async def _adopt(self, doc: MessageDoc, msg: TwilioMessage) -> MessageDoc:
         """Stores Twilio's message as this message's: sid, status (when above SENDING), segments, price."""
-        fields: Doc = {
+        fields: Fields = {
             "twilio_sid": msg.sid,
             "twilio_status": msg.status,
             "segments": msg.segments,
@@ -133,12 +135,10 @@ class Sending:
         doc, _ = await self.gateway.change_status(
             doc, new, error_code=msg.error_code, error_message=msg.error_message, set_fields=fields
         )
-        if msg.error_code == UNSUBSCRIBED_CODE:
-            await self.gateway.opt_out(doc["conversation_id"])
         return doc
 
-    async def _failed_attempt(self, doc: Doc, attempt: int, failure: TwilioFailure) -> str:
-        error: Doc = {"code": failure.code, "message": failure.message, "at": now()}
+    async def _failed_attempt(self, doc: MessageDoc, attempt: int, failure: TwilioFailure) -> str:
+        error: LastError = {"code": failure.code, "message": failure.message, "at": now()}
         if not failure.transient:
             await self._fail(doc, failure.code, failure.message)
             return f"failed: {failure}"
@@ -147,7 +147,7 @@ class Sending:
             return f"failed after {attempt} tries: {failure}"
         delay = self.retry_delay(attempt)
         retry_at = now() + timedelta(seconds=delay)
-        fields: Doc = {"last_error": error, "retry_at": retry_at, "send_due": retry_at}
+        fields: Fields = {"last_error": error, "retry_at": retry_at, "send_due": retry_at}
         if not failure.maybe_processed:
             fields["in_flight"] = None
         # When Twilio may have the message (timeout, 5xx), the marker stays and the next run settles it,
@@ -156,19 +156,15 @@ class Sending:
         log.info("send %s: attempt %d: %s; retrying in %.2f s", doc["_id"], attempt, failure, delay)
         raise Retry(defer=delay)
 
-    async def _fail(self, doc: Doc, code: int, message: str) -> None:
-        fields: Doc = {"in_flight": None, "retry_at": None, "send_due": None}
+    async def _fail(self, doc: MessageDoc, code: int, message: str) -> None:
+        fields: Fields = {"in_flight": None, "retry_at": None, "send_due": None}
         if code or message:
             fields["last_error"] = {"code": code, "message": message, "at": now()}
-        doc, _ = await self.gateway.change_status(
-            doc, st.FAILED, error_code=code, error_message=message, set_fields=fields
-        )
-        if code == UNSUBSCRIBED_CODE:
-            await self.gateway.opt_out(doc["conversation_id"])
+        await self.gateway.change_status(doc, st.FAILED, error_code=code, error_message=message, set_fields=fields)
 
     # Settling an attempt whose outcome is unknown
 
-    async def _settle(self, doc: Doc) -> tuple[Doc, str]:
+    async def _settle(self, doc: MessageDoc) -> tuple[MessageDoc, str]:
         """Adopts the Twilio message an earlier attempt created, or clears the marker when there is none.
 
         Returns the message and "absent" (nothing reached Twilio: go on), or a word saying how the run ended.
@@ -188,9 +184,11 @@ class Sending:
         updated = await self.store.set_send_state(doc, {"in_flight": None})
         return (updated or doc), "absent"
 
-    async def find_on_twilio(self, doc: Doc) -> TwilioMessage | None:
+    async def find_on_twilio(self, doc: MessageDoc) -> TwilioMessage | None:
         """The Twilio message created by this message's attempt in flight, if any."""
-        attempt_at = aware(doc["in_flight"]["at"])
+        in_flight = doc.get("in_flight")
+        assert in_flight is not None  # only settled when an attempt is in flight
+        attempt_at = aware(in_flight["at"])
         cutoff = (attempt_at - CLOCK_SKEW).replace(microsecond=0)
         media_count = len(doc.get("media", []))
         candidates: list[TwilioMessage] = []
@@ -226,9 +224,3 @@ def _known(status: str) -> str:
         return st.parse_status(status)
     except InvalidArgument:
         return st.SENDING
-
-
-async def send_message(ctx: dict[str, Any], message_id: str) -> str:
-    """The arq job: sends one stored message through Twilio (see the module docstring)."""
-    sending: Sending = ctx["sending"]
-    return await sending.run(message_id)

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 
 from server import status as st
 from server.errors import InvalidArgument
-from server.gateway import UNSUBSCRIBED_CODE, Gateway
+from server.gateway import Gateway
 from server.store import Store
-from server.twilio_sender import TwilioMessage, TwilioSender
+from server.worker.twilio_client import TwilioClient, TwilioMessage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _moment(m: TwilioMessage) -> datetime | None:
 
 
 async def sync_window(
-    store: Store, gateway: Gateway, twilio: TwilioSender, start: datetime, end: datetime
+    store: Store, gateway: Gateway, twilio: TwilioClient, start: datetime, end: datetime
 ) -> SyncResult:
     """Upserts every Twilio message sent in [start, end]; raises TwilioFailure when Twilio cannot be read."""
     result = SyncResult()
@@ -89,7 +89,5 @@ async def _outbound(store: Store, gateway: Gateway, m: TwilioMessage) -> bool:
         return False
     if not st.moves(doc["status"], new):
         return False  # nothing newer; an older status would only add noise to the history
-    doc, applied = await gateway.change_status(doc, new, error_code=m.error_code, error_message=m.error_message)
-    if m.error_code == UNSUBSCRIBED_CODE:
-        await gateway.opt_out(doc["conversation_id"])
+    _, applied = await gateway.change_status(doc, new, error_code=m.error_code, error_message=m.error_message)
     return applied

@@ -132,7 +132,7 @@ def classify(exc: BaseException, timeout: float) -> TwilioFailure:
     raise exc
 
 
-class TwilioSender:
+class TwilioClient:
     """One twilio-python async client per process, shared by every job; call `start` inside the event loop."""
 
     def __init__(self, cfg: Config) -> None:
@@ -163,7 +163,7 @@ class TwilioSender:
     @property
     def client(self) -> Any:
         if self._client is None:
-            raise RuntimeError("TwilioSender.start() was not awaited")
+            raise RuntimeError("TwilioClient.start() was not awaited")
         return self._client
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:

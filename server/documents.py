@@ -1,0 +1,234 @@
+"""The stored documents: one typed schema for messages and conversations, and the builders of new ones.
+
+Field names are the ones in MongoDB. A message's worker fields (`in_flight`, `retry_at`, `send_due`, ...) are
+absent until the worker writes them; fields behind sparse indexes are never stored as null (see store.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, Literal, NotRequired, Required, TypedDict
+
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from server import status as st
+
+# A partial document: a filter, or the fields of an update. Whole documents use the types below.
+Fields = dict[str, Any]
+
+Direction = Literal["outbound", "inbound"]
+
+PREVIEW_CHARS = 160
+
+
+class MediaDoc(TypedDict):
+    url: str
+    content_type: str
+
+
+class StatusEntry(TypedDict):
+    """One line of a message's status history; `applied` is False for a status that arrived out of order."""
+
+    status: str
+    time: datetime
+    applied: bool
+    error_code: NotRequired[int]
+    error_message: NotRequired[str]
+
+
+class InFlight(TypedDict):
+    """An attempt that may have reached Twilio: recorded before the request leaves (persist, then act)."""
+
+    at: datetime
+    attempt: int
+
+
+class LastError(TypedDict):
+    code: int
+    message: str
+    at: datetime
+
+
+# Functional form: `from` is a Python keyword.
+MessageDoc = TypedDict(
+    "MessageDoc",
+    {
+        "_id": ObjectId,
+        "conversation_id": Required[str],
+        "direction": Required[Direction],
+        "from": Required[str],
+        "to": Required[str],
+        "body": Required[str],
+        "media": Required[list[MediaDoc]],
+        "status": Required[str],
+        "status_history": Required[list[StatusEntry]],
+        "owner": Required[str],
+        "contact_id": Required[str],
+        "attempts": Required[int],
+        "created": Required[datetime],
+        "updated": Required[datetime],
+        # Set while the effects of a new message (counts, events, send job) are not all applied yet.
+        "pending": datetime,
+        # Outbound: who sent it (differs from the owner when an admin sends) and Send's idempotency key.
+        "sender": str,
+        "fingerprint": str,
+        "request_id": str,
+        "request_key": str,
+        # Twilio's side.
+        "twilio_sid": str,
+        "twilio_status": str,
+        "twilio_from": str,
+        "segments": int,
+        "price": str,
+        "price_unit": str,
+        "error_code": int,
+        "error_message": str,
+        # Inbound: the webhook's other parameters.
+        "params": dict[str, str],
+        # The worker's bookkeeping.
+        "in_flight": InFlight | None,
+        "retry_at": datetime | None,
+        "send_due": datetime | None,
+        "sent_at": datetime | None,
+        "last_error": LastError,
+    },
+    total=False,
+)
+
+
+class ConversationDoc(TypedDict):
+    """One conversation per pair of our sender and a contact number."""
+
+    _id: str
+    our_number: str
+    contact_number: str
+    contact_id: str
+    owner: str
+    last_message_preview: str
+    last_message_at: datetime
+    last_message_direction: str
+    unread_count: int
+    message_count: int
+    opted_out: bool
+    created: datetime
+    updated: datetime
+
+
+def conversation_id(our_number: str, contact_number: str) -> str:
+    """The one conversation per pair of our number and contact number, stable across replicas."""
+    digest = hashlib.sha256(f"{our_number}|{contact_number}".encode()).hexdigest()
+    return f"c{digest[:24]}"
+
+
+def message_oid(message_id: str) -> ObjectId | None:
+    """The ObjectId of a public message id, or None when it cannot be one."""
+    try:
+        return ObjectId(message_id)
+    except (InvalidId, TypeError):
+        return None
+
+
+def preview(body: str, media_count: int) -> str:
+    """The conversation list's one-line view of a message."""
+    if body:
+        return body[:PREVIEW_CHARS]
+    return f"[{media_count} attachment{'s' if media_count != 1 else ''}]" if media_count else ""
+
+
+def new_conversation(
+    our_number: str, contact_number: str, owner: str, contact_id: str, at: datetime
+) -> ConversationDoc:
+    """A conversation with no messages yet."""
+    return {
+        "_id": conversation_id(our_number, contact_number),
+        "our_number": our_number,
+        "contact_number": contact_number,
+        "contact_id": contact_id,
+        "owner": owner,
+        "last_message_preview": "",
+        "last_message_at": at,
+        "last_message_direction": "",
+        "unread_count": 0,
+        "message_count": 0,
+        "opted_out": False,
+        "created": at,
+        "updated": at,
+    }
+
+
+def _new_message(
+    conv: ConversationDoc,
+    direction: Direction,
+    sender: str,
+    recipient: str,
+    body: str,
+    media: list[MediaDoc],
+    status: str,
+    status_at: datetime,
+    at: datetime,
+) -> MessageDoc:
+    return {
+        "conversation_id": conv["_id"],
+        "direction": direction,
+        "from": sender,
+        "to": recipient,
+        "body": body,
+        "media": media,
+        "status": status,
+        "status_history": [{"status": status, "time": status_at, "applied": True}],
+        "owner": conv["owner"],
+        "contact_id": conv.get("contact_id", ""),
+        "attempts": 0,
+        "pending": at,
+        "created": at,
+        "updated": at,
+    }
+
+
+def new_outbound(
+    conv: ConversationDoc,
+    *,
+    from_number: str,
+    to: str,
+    body: str,
+    media_urls: tuple[str, ...],
+    sender: str,
+    contact_id: str,
+    fingerprint: str,
+    request_id: str,
+    request_key: str,
+    at: datetime,
+) -> MessageDoc:
+    """A message Send accepted: QUEUED, pending until its effects and send job are applied."""
+    media: list[MediaDoc] = [{"url": u, "content_type": ""} for u in media_urls]
+    doc = _new_message(conv, "outbound", from_number, to, body, media, st.QUEUED, at, at)
+    doc["sender"] = sender
+    doc["contact_id"] = contact_id or conv.get("contact_id", "")
+    doc["fingerprint"] = fingerprint
+    if request_key:
+        doc["request_id"] = request_id
+        doc["request_key"] = request_key
+    return doc
+
+
+def new_inbound(
+    conv: ConversationDoc,
+    *,
+    sid: str,
+    from_number: str,
+    to_number: str,
+    body: str,
+    media: list[MediaDoc],
+    segments: int,
+    params: dict[str, str],
+    received: datetime,
+    at: datetime,
+) -> MessageDoc:
+    """A message a contact sent us: RECEIVED at `received`, pending until its effects are applied."""
+    doc = _new_message(conv, "inbound", from_number, to_number, body, media, st.RECEIVED, received, at)
+    doc["twilio_sid"] = sid
+    doc["segments"] = segments
+    doc["params"] = params
+    return doc

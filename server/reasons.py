@@ -1,0 +1,47 @@
+"""The `google.rpc.ErrorInfo` reasons sms-gateway sends: one enumeration, imported by the server and the bridge."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Stable, machine-readable reasons (AIP-193), in the domain ERROR_DOMAIN."""
+
+    # Defaults of each error kind, when nothing more specific applies.
+    INTERNAL = "INTERNAL"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+    # Input.
+    INVALID_PHONE_NUMBER = "INVALID_PHONE_NUMBER"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    INVALID_RESUME_TOKEN = "INVALID_RESUME_TOKEN"
+    UNKNOWN_STATUS = "UNKNOWN_STATUS"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+
+    # Access.
+    ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
+    CONVERSATION_OF_ANOTHER_AGENT = "CONVERSATION_OF_ANOTHER_AGENT"
+
+    # What was asked for does not exist (or may not be seen).
+    CONVERSATION_NOT_FOUND = "CONVERSATION_NOT_FOUND"
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+    UNKNOWN_MESSAGE_SID = "UNKNOWN_MESSAGE_SID"
+
+    # State.
+    OPTED_OUT = "OPTED_OUT"
+    TWILIO_NOT_CONFIGURED = "TWILIO_NOT_CONFIGURED"
+    TWILIO_REFUSED = "TWILIO_REFUSED"
+
+    # Retry later (UNAVAILABLE) or at once (ABORTED: a lost race).
+    CONCURRENT_UPDATE = "CONCURRENT_UPDATE"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    EVENT_LOG_UNAVAILABLE = "EVENT_LOG_UNAVAILABLE"
+    TWILIO_UNAVAILABLE = "TWILIO_UNAVAILABLE"

@@ -1,0 +1,82 @@
+"""Start-up shared by the gRPC server and the worker: open MongoDB and Redis (or embedded ones), build the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import Redis
+
+from server.config import Config
+from server.embedded import EmbeddedServer, start_mongo, start_redis
+from server.events import EventLog
+from server.gateway import Gateway
+from server.store import Store
+from server.worker.queue import SendQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """The connections a process holds, the gateway built on them, and any embedded servers it started."""
+
+    cfg: Config
+    store: Store
+    redis: Redis
+    arq: ArqRedis
+    gateway: Gateway
+    embedded: list[EmbeddedServer] = field(default_factory=list)
+
+    async def close(self) -> None:
+        await self.arq.aclose()
+        await self.redis.aclose()
+        await self.store.close()
+        for server in reversed(self.embedded):
+            server.stop()
+
+
+def _embedded_log(cfg: Config, name: str) -> IO[bytes]:
+    """Embedded servers log to a file beside their data, not into this process's output."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    return open(cfg.data_dir / f"{name}.log", "ab")
+
+
+@contextlib.asynccontextmanager
+async def open_resources(cfg: Config) -> AsyncIterator[Resources]:
+    """Connects to MongoDB and Redis (embedded servers when no URI is configured), ensures indexes, builds the
+    gateway; closes everything on exit."""
+    embedded: list[EmbeddedServer] = []
+    try:
+        mongodb_uri, redis_url = cfg.mongodb_uri, cfg.redis_url
+        if mongodb_uri is None:
+            server = await asyncio.to_thread(start_mongo, cfg.data_dir / "mongo", 0, _embedded_log(cfg, "mongo"))
+            embedded.append(server)
+            mongodb_uri = server.uri
+            log.info("started embedded SecantusDB on port %d (data in %s)", server.port, cfg.data_dir / "mongo")
+        if redis_url is None:
+            server = await asyncio.to_thread(start_redis, cfg.data_dir / "redis", 0, _embedded_log(cfg, "redis"))
+            embedded.append(server)
+            redis_url = server.uri
+            log.info("started embedded Valkey on port %d", server.port)
+    except BaseException:
+        for server in reversed(embedded):
+            server.stop()
+        raise
+    store = Store.connect(mongodb_uri, cfg.mongodb_db)
+    redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=3, health_check_interval=10)
+    arq = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=cfg.arq_queue)
+    events = EventLog(redis, cfg.event_stream, cfg.event_retention)
+    gateway = Gateway(cfg, store, events, SendQueue(arq, cfg.arq_queue))
+    res = Resources(cfg, store, redis, arq, gateway, embedded)
+    try:
+        await store.ensure_indexes()
+        yield res
+    finally:
+        await res.close()
