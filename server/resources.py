@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from arq import create_pool
@@ -14,7 +15,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 
 from server.config import Config
-from server.embedded import EmbeddedServer, start_mongo, start_redis
+from server.embedded import EmbeddedServer, require_embedded, start_mongo, start_redis
 from server.events import EventLog
 from server.gateway import Gateway
 from server.store import Store
@@ -42,26 +43,30 @@ class Resources:
             server.stop()
 
 
-def _embedded_log(cfg: Config, name: str) -> IO[bytes]:
-    """Embedded servers log to a file beside their data, not into this process's output."""
+def _start_embedded(cfg: Config, name: str, start: Callable[[Path, int, IO[bytes]], EmbeddedServer]) -> EmbeddedServer:
+    """Starts an embedded server with its data under the data dir; it logs to a file there, not to our output."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    return open(cfg.data_dir / f"{name}.log", "ab")
+    with open(cfg.data_dir / f"{name}.log", "ab") as output:
+        # The child keeps its own copy of the file descriptor.
+        return start(cfg.data_dir / name, 0, output)
 
 
 @contextlib.asynccontextmanager
 async def open_resources(cfg: Config) -> AsyncIterator[Resources]:
     """Connects to MongoDB and Redis (embedded servers when no URI is configured), ensures indexes, builds the
     gateway; closes everything on exit."""
+    mongodb_uri, redis_url = cfg.mongodb_uri, cfg.redis_url
+    # Both checked before either is started: exit 2 naming the remedies, with nothing left running.
+    require_embedded(mongo=mongodb_uri is None, redis=redis_url is None)
     embedded: list[EmbeddedServer] = []
     try:
-        mongodb_uri, redis_url = cfg.mongodb_uri, cfg.redis_url
         if mongodb_uri is None:
-            server = await asyncio.to_thread(start_mongo, cfg.data_dir / "mongo", 0, _embedded_log(cfg, "mongo"))
+            server = await asyncio.to_thread(_start_embedded, cfg, "mongo", start_mongo)
             embedded.append(server)
             mongodb_uri = server.uri
             log.info("started embedded SecantusDB on port %d (data in %s)", server.port, cfg.data_dir / "mongo")
         if redis_url is None:
-            server = await asyncio.to_thread(start_redis, cfg.data_dir / "redis", 0, _embedded_log(cfg, "redis"))
+            server = await asyncio.to_thread(_start_embedded, cfg, "redis", start_redis)
             embedded.append(server)
             redis_url = server.uri
             log.info("started embedded Valkey on port %d", server.port)
