@@ -8,6 +8,7 @@ import mimetypes
 import os
 import socket
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -15,9 +16,8 @@ from urllib.parse import quote
 
 from server.config import split_addr
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = Path(__file__).resolve().parent / "envoy.yaml.template"
-DIST_DIR = ROOT / "clients" / "web" / "dist"
+# Shipped as package data beside this module, so an installed (non-editable) package finds it too.
+TEMPLATE = "envoy.yaml.template"
 
 # Set here rather than taken from /etc/mime.types, which differs between machines.
 CONTENT_TYPES = {
@@ -44,11 +44,20 @@ CONTENT_TYPES = {
 
 # Vite puts content-hashed files under assets/: they never change under the same name.
 IMMUTABLE_PREFIX = "assets/"
-MISSING_UI_NOTE = (
-    "The web UI is not built: clients/web/dist does not exist.\n"
-    "Build it (./dev.sh does, or: npm --prefix clients/web run build): `sms-gateway dev` serves it as soon\n"
-    "as the build is complete. grpc-web on this port works meanwhile.\n"
-)
+
+
+def missing_ui_note(dist: Path) -> str:
+    """What Envoy answers on every UI path while `dist` does not exist."""
+    return (
+        f"The web UI is not built: {dist} does not exist.\n"
+        "Build it (./dev.sh does, or: npm --prefix clients/web run build): `sms-gateway dev` serves it as soon\n"
+        "as the build is complete. grpc-web on this port works meanwhile.\n"
+    )
+
+
+def template_text() -> str:
+    """The Envoy config template, with `string.Template` placeholders."""
+    return resources.files("devstack").joinpath(TEMPLATE).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -99,10 +108,11 @@ def static_routes(dist: Path) -> tuple[list[dict[str, Any]], int]:
     routes: list[dict[str, Any]] = []
     largest = 0
     if not dist.is_dir():
-        note = {"status": 503, "body": {"inline_string": MISSING_UI_NOTE}}
+        text = missing_ui_note(dist)
+        note = {"status": 503, "body": {"inline_string": text}}
         header = [_header("content-type", "text/plain; charset=utf-8")]
         routes.append({"match": {"prefix": "/"}, "direct_response": note, "response_headers_to_add": header})
-        return routes, len(MISSING_UI_NOTE.encode())
+        return routes, len(text.encode())
     files = sorted(p for p in dist.rglob("*") if p.is_file() and not p.name.startswith("."))
     for file in files:
         rel = file.relative_to(dist).as_posix()
@@ -121,7 +131,7 @@ def static_routes(dist: Path) -> tuple[list[dict[str, Any]], int]:
     return routes, largest
 
 
-def render(ports: EnvoyPorts, out: Path, dist: Path = DIST_DIR, template: Path = TEMPLATE) -> Path:
+def render(ports: EnvoyPorts, out: Path, dist: Path) -> Path:
     """Writes the Envoy config for `ports` and the files in `dist` to `out` (atomically); returns `out`."""
     web_host, web_port = split_addr(ports.web_addr)
     # A listener needs an IP address; SMS_WEB_ADDR=localhost:8080 is a fair thing to write.
@@ -136,7 +146,7 @@ def render(ports: EnvoyPorts, out: Path, dist: Path = DIST_DIR, template: Path =
     # JSON is YAML: one flow mapping per line keeps the template's indentation intact.
     indent = " " * 14
     rendered_routes = "\n".join(f"{indent}- {json.dumps(route)}" for route in routes)
-    text = Template(template.read_text()).substitute(
+    text = Template(template_text()).substitute(
         admin_port=ports.admin_port,
         web_host=web_host,
         web_port=web_port,
@@ -153,7 +163,7 @@ def render(ports: EnvoyPorts, out: Path, dist: Path = DIST_DIR, template: Path =
     return out
 
 
-def dist_fingerprint(dist: Path = DIST_DIR) -> tuple[tuple[str, int, int], ...]:
+def dist_fingerprint(dist: Path) -> tuple[tuple[str, int, int], ...]:
     """What the rendered routes depend on: each file's path, size and mtime (empty when there is no dist)."""
     if not dist.is_dir():
         return ()

@@ -29,7 +29,7 @@ def _bridge(cfg: Config, _: argparse.Namespace) -> int:
 
 
 def _simulator(cfg: Config, _: argparse.Namespace) -> int:
-    from devstack.twilio_simulator import run
+    from devstack.twilio_sim import run
 
     return run(cfg)
 

@@ -12,6 +12,7 @@ API_VERSION = "2010-04-01"
 PRICE_UNIT = "USD"
 SMS_SEGMENT_PRICE = 0.0079
 MMS_PRICE = 0.0200
+MAX_MEDIA = 10
 
 # Messages Twilio sends with these codes (shortened where Twilio's embeds the offending value).
 ERROR_MESSAGES: dict[int, str] = {

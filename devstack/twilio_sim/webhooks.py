@@ -1,4 +1,9 @@
-"""How the Twilio simulator posts webhooks: signing, connection overrides, retries, the attempt log."""
+"""How the Twilio simulator posts webhooks: signing, connection overrides, retries, the attempt log.
+
+Webhooks carry X-Twilio-Signature (over the URL without its #fragment) and an I-Twilio-Idempotency-Token
+that retries and copies share. A URL fragment such as `#rc=3&rp=5xx` sets Twilio's connection overrides
+(ct, rt, tt in ms; rc retries 0-5; rp 4xx, 5xx, ct, rt or all); by default one retry, on connect failure only.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,9 @@ from urllib.parse import parse_qs, urldefrag
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from devstack.simulator_shapes import now, rfc2822
+from devstack.twilio_sim.shapes import now, rfc2822
 
-log = logging.getLogger("devstack.twilio_simulator")
+log = logging.getLogger(__name__)
 
 RETRY_POLICIES = ("4xx", "5xx", "ct", "rt")
 RESPONSE_KEEP_CHARS = 2000
