@@ -1,4 +1,5 @@
-// A tiny DOM helper: h("div", { class: "x", "data-testid": "y", onclick: fn }, child, …).
+// Small DOM helpers: h("div", { class: "x", "data-testid": "y", onclick: fn }, child, …), keyed re-rendering,
+// infinite-scroll sentinels, icons.
 
 type Child = Node | string | number | null | undefined | false;
 type Attrs = Record<string, unknown>;
@@ -78,4 +79,64 @@ export function icon(paths: string, label?: string): SVGSVGElement {
     svg.appendChild(p);
   }
   return svg;
+}
+
+/**
+ * Elements kept by key and rebuilt only when what they show changed, so that re-rendering a list moves the nodes
+ * it already has (keeping focus, selection and scroll) instead of recreating them.
+ */
+export class KeyedElements {
+  private readonly entries = new Map<string, { deps: readonly unknown[]; el: HTMLElement }>();
+  private readonly used = new Set<string>();
+
+  /** The element for `key`; `build` makes a new one when any of `deps` is not (===) what the last was built from. */
+  get(key: string, deps: readonly unknown[], build: () => HTMLElement): HTMLElement {
+    this.used.add(key);
+    const entry = this.entries.get(key);
+    if (entry && entry.deps.length === deps.length && entry.deps.every((d, i) => d === deps[i])) return entry.el;
+    const el = build();
+    this.entries.set(key, { deps, el });
+    return el;
+  }
+
+  /** Forgets the elements not asked for since the last prune. */
+  prune(): void {
+    for (const key of this.entries.keys()) if (!this.used.has(key)) this.entries.delete(key);
+    this.used.clear();
+  }
+}
+
+/** Infinite scroll: `onNear` runs whenever `sentinel` comes within `margin` px of `scroller`'s view. */
+export function watchSentinel(
+  sentinel: HTMLElement,
+  scroller: HTMLElement,
+  margin: number,
+  onNear: () => void,
+): IntersectionObserver {
+  const observer = new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) onNear();
+  }, { root: scroller, rootMargin: `${margin}px` });
+  observer.observe(sentinel);
+  return observer;
+}
+
+/**
+ * Whether `sentinel` is still near `scroller`'s view. The observer reports changes only, so after a short page on a
+ * tall screen, where the sentinel never left the view, this says whether to keep loading.
+ */
+export function sentinelInView(sentinel: HTMLElement, scroller: HTMLElement): boolean {
+  if (!sentinel.isConnected || scroller.clientHeight === 0) return false;
+  const s = sentinel.getBoundingClientRect();
+  const r = scroller.getBoundingClientRect();
+  return s.top < r.bottom + 200 && s.bottom > r.top - 200;
+}
+
+/** Enter submits and Shift+Enter adds a line; an input method's Enter (composing) is left alone. */
+export function submitOnEnter(input: HTMLTextAreaElement, submit: () => void): void {
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    }
+  });
 }

@@ -1,7 +1,6 @@
 // The live stream: Subscribe with resume tokens, reconnect with backoff, and a watchdog for silent streams.
 import { Code } from "@connectrpc/connect";
-import type { SmsClient } from "./api.js";
-import { errorCode, errorText } from "./api.js";
+import { errorCode, errorText, type SmsClient } from "./api.js";
 import type { Event } from "./gen/sms/v1/types_pb.js";
 
 export type LiveState = "connecting" | "connected" | "reconnecting";
@@ -33,7 +32,7 @@ export class LiveConnection {
   constructor(
     private readonly client: SmsClient,
     private readonly allOwners: boolean,
-    private readonly h: LiveHandlers,
+    private readonly handlers: LiveHandlers,
   ) {}
 
   get resumeToken(): string {
@@ -58,7 +57,7 @@ export class LiveConnection {
 
   private setState(state: LiveState, detail = ""): void {
     this.state = state;
-    this.h.onState(state, detail);
+    this.handlers.onState(state, detail);
   }
 
   private async loop(): Promise<void> {
@@ -73,7 +72,7 @@ export class LiveConnection {
         opened = true;
         backoff = MIN_BACKOFF_MS;
         this.setState("connected");
-        this.h.onConnected(resumed);
+        this.handlers.onConnected(resumed);
       };
       let watchdog = 0;
       const feed = () => {
@@ -93,7 +92,7 @@ export class LiveConnection {
           const r = res.response;
           switch (r.case) {
             case "event":
-              this.h.onEvent(r.value);
+              this.handlers.onEvent(r.value);
               if (r.value.id) this.lastEventId = r.value.id;
               break;
             case "heartbeat":
@@ -101,7 +100,7 @@ export class LiveConnection {
               break;
             case "resyncRequired":
               this.lastEventId = r.value.lastEventId;
-              this.h.onResync(r.value.reason);
+              this.handlers.onResync(r.value.reason);
               break;
           }
         }
@@ -109,7 +108,7 @@ export class LiveConnection {
         if (this.stopped) break;
         if (errorCode(err) === Code.Unauthenticated) {
           this.stopped = true;
-          this.h.onUnauthenticated(errorText(err));
+          this.handlers.onUnauthenticated(errorText(err));
           break;
         }
         detail = abort.signal.aborted ? "stream silent, reconnecting" : errorText(err);

@@ -3,6 +3,7 @@ import "./style.css";
 import { apiBaseUrl, decodeJwt } from "./api.js";
 import { InboxApp } from "./app.js";
 import { h } from "./dom.js";
+import { brand } from "./views.js";
 
 const TOKEN_KEY = "sms-gateway.token";
 const root = document.getElementById("app") as HTMLElement;
@@ -65,7 +66,7 @@ function showSignIn(message = ""): void {
       h(
         "form",
         { class: "signin", onsubmit: submit, "data-testid": "sign-in-form" },
-        h("div", { class: "brand big" }, h("span", { class: "brand-mark" }, "SMS"), h("span", { class: "brand-name" }, "Inbox")),
+        brand("big"),
         h("label", { for: "token" }, "Access token"),
         h("p", { class: "hint" }, "Paste the JWT your administrator gave you. It stays in this browser until you sign out."),
         input,

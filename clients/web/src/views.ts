@@ -1,7 +1,9 @@
-// Pure element builders: a conversation row, a message bubble, ticks. No state lives here.
+// Pure element builders: a conversation row, a message bubble, ticks, the brand, the back button.
+// No state lives here.
 import { h, icon } from "./dom.js";
 import { clockTime, fullTime, shortWhen, statusName, tickOf } from "./format.js";
 import { Direction, type Conversation, type Message } from "./gen/sms/v1/types_pb.js";
+import { conversationHash } from "./route.js";
 
 export const ICONS = {
   clock: "M12 7v5l3 2|M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18",
@@ -34,11 +36,30 @@ function errorDetail(m: Message): string {
   return m.errorMessage || TWILIO_ERRORS[m.errorCode] || "";
 }
 
+/** The product's name: in the header, and bigger (`big`) on the sign-in form. */
+export function brand(size: "" | "big" = ""): HTMLElement {
+  return h(
+    "div",
+    { class: size ? `brand ${size}` : "brand" },
+    h("span", { class: "brand-mark" }, "SMS"),
+    h("span", { class: "brand-name" }, "Inbox"),
+  );
+}
+
+/** Back to the list: the way out of a pane at phone width, where the list and the pane are not side by side. */
+export function backButton(): HTMLElement {
+  return h(
+    "a",
+    { class: "btn btn-icon back", href: "#/", "data-testid": "back-button", "aria-label": "Back to conversations" },
+    icon(ICONS.back),
+  );
+}
+
 export function contactLabel(c: Conversation): string {
   return c.contactNumber || "(no number)";
 }
 
-/** A row of the conversation list; `mine` is the signed-in user (to flag others' rows for admins). */
+/** A row of the conversation list; `showOwner` adds the owner's chip (admins, on others' conversations). */
 export function conversationItem(c: Conversation, active: boolean, showOwner: boolean): HTMLElement {
   const unread = c.unreadCount > 0;
   const preview = c.lastMessagePreview
@@ -51,7 +72,7 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
       "a",
       {
         class: `conv${active ? " active" : ""}${unread ? " unread" : ""}`,
-        href: `#/c/${encodeURIComponent(c.id)}`,
+        href: conversationHash(c.id),
         "data-testid": "conversation-item",
         "data-conversation-id": c.id,
         "data-contact": c.contactNumber,
@@ -76,13 +97,13 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
             )
           : null,
       ),
-      c.contactId || c.optedOut || (showOwner && c.owner)
+      c.contactId || c.optedOut || showOwner
         ? h(
             "div",
             { class: "conv-meta" },
             c.contactId ? h("span", { class: "chip", "data-testid": "conversation-contact-id" }, `ID ${c.contactId}`) : null,
             c.optedOut ? h("span", { class: "chip chip-warn" }, "Opted out") : null,
-            showOwner && c.owner ? h("span", { class: "chip chip-owner", title: "Owner" }, `@${c.owner}`) : null,
+            showOwner ? h("span", { class: "chip chip-owner", title: "Owner" }, `@${c.owner}`) : null,
           )
         : null,
     ),

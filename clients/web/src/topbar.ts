@@ -1,0 +1,42 @@
+// The header: brand, the admin's tabs, the connection indicator, who is signed in, and Sign out.
+import type { Claims } from "./api.js";
+import { h } from "./dom.js";
+import { brand } from "./views.js";
+
+export class Topbar {
+  readonly el: HTMLElement;
+  private readonly tabs: HTMLElement[];
+
+  constructor(claims: Claims, isAdmin: boolean, indicator: HTMLElement, onSignOut: () => void) {
+    this.tabs = isAdmin
+      ? [
+          h("a", { href: "#/", class: "tab", "data-testid": "tab-inbox" }, "Inbox"),
+          h("a", { href: "#/queue", class: "tab", "data-testid": "tab-queue" }, "Queue"),
+        ]
+      : [];
+    this.el = h(
+      "header",
+      { class: "topbar" },
+      brand(),
+      this.tabs.length ? h("nav", { class: "tabs" }, this.tabs) : null,
+      h("div", { class: "spacer" }),
+      indicator,
+      h(
+        "div",
+        { class: "who", title: `Signed in as ${claims.sub} (${claims.role})` },
+        h("span", { class: "who-id", "data-testid": "user-id" }, claims.sub),
+        h("span", { class: `role role-${claims.role}`, "data-testid": "user-role" }, claims.role),
+      ),
+      h(
+        "button",
+        { class: "btn btn-ghost", type: "button", "data-testid": "sign-out", onclick: onSignOut },
+        "Sign out",
+      ),
+    );
+  }
+
+  /** Highlights the Queue tab on the dashboard, the Inbox tab everywhere else. */
+  highlight(queue: boolean): void {
+    for (const tab of this.tabs) tab.classList.toggle("active", (tab.dataset.testid === "tab-queue") === queue);
+  }
+}
