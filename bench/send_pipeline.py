@@ -18,9 +18,7 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,55 +26,30 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its packages and tests.support
 
-import aiohttp  # noqa: E402
-import grpc  # noqa: E402
-from pymongo import AsyncMongoClient  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-from sms.v1 import sms_pb2, sms_pb2_grpc  # noqa: E402
+import aiohttp
+import grpc
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+from sms.v1 import sms_pb2, sms_pb2_grpc
 
-from server.auth import Caller, Role, mint_token  # noqa: E402
-from server.config import Config, without_settings  # noqa: E402
-from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
-from server.events import EventLog  # noqa: E402
-from server.gateway import Gateway, validate_send  # noqa: E402
-from server.worker.queue import SendQueue  # noqa: E402
-from server.store import Store  # noqa: E402
+from server.auth import Caller, Role, mint_token
+from server.config import Config, without_settings
+from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis
+from server.events import EventLog
+from server.gateway import Gateway, validate_send
+from server.store import Store
+from server.worker.queue import SendQueue
+from tests.support.launch import start_listening, start_server, start_worker
+from tests.support.polling import eventually_async
+from tests.support.processes import SMS_GATEWAY, ChildProcess
 
 SECRET = "bench-secret-0123456789-0123456789"
 ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "bench-token"
 FROM_NUMBER = "+15005550006"
 CONTACTS_PER_USER = 10
-
-
-class Child:
-    """A child process of the bench with its log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
-        self.name = name
-        self.log_path = logs / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def rss_mb(self) -> float:
-        """Resident set size from /proc, in MiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -111,25 +84,6 @@ def target(i: int, area: int) -> tuple[str, str]:
     return f"user-{contact // CONTACTS_PER_USER}", number(area, contact)
 
 
-async def wait_grpc(addr: str, child: Child, within: float = 30) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + within
-    async with grpc.aio.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if child.proc.poll() is not None:
-                raise RuntimeError(f"{child.name} exited; see {child.log_path}")
-            try:
-                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{addr} not serving")
-
-
 def start_stores(tmp: Path) -> tuple[EmbeddedServer, EmbeddedServer]:
     """Embedded SecantusDB and Valkey with data under `tmp`, logging beside the other logs."""
     logs = tmp / "logs"
@@ -142,7 +96,7 @@ async def bench(
     args: argparse.Namespace, tmp: Path, mongo: EmbeddedServer, redis_server: EmbeddedServer
 ) -> dict[str, Any]:
     logs = tmp / "logs"
-    children: list[Child] = []
+    children: list[ChildProcess] = []
     sim_port, bridge_port, idle_port, grpc_port = (free_port() for _ in range(4))
     env = without_settings(os.environ)
     env.update(
@@ -163,7 +117,6 @@ async def bench(
         SMS_ARQ_QUEUE="bench:send",
         SMS_DRAIN_SECONDS="2",
     )
-    cli = [sys.executable, "-m", "server.cli"]
     mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
     redis = Redis.from_url(redis_server.uri)
     result: dict[str, Any] = {
@@ -173,28 +126,22 @@ async def bench(
         "logs": str(logs),
     }
     try:
-        sim = Child("simulator", [*cli, "twilio-simulator"], env, logs)
-        children.append(sim)
-        wait_for_port("127.0.0.1", sim_port, 30, sim.proc)
-        idle = Child(
-            "server-idle",
-            [*cli, "server"],
-            {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{idle_port}", "SMS_ARQ_QUEUE": "bench:idle"},
-            logs,
+        # Each start returns once its process is ready, and stops it again if it never gets there.
+        sim_args = [*SMS_GATEWAY, "twilio-simulator"]
+        children.append(
+            await asyncio.to_thread(start_listening, "simulator", sim_args, env, "127.0.0.1", sim_port, log_dir=logs)
         )
-        server = Child("server", [*cli, "server"], {**env, "SMS_GRPC_ADDR": f"127.0.0.1:{grpc_port}"}, logs)
-        children += [idle, server]
-        await wait_grpc(f"127.0.0.1:{idle_port}", idle)
-        await wait_grpc(f"127.0.0.1:{grpc_port}", server)
-        bridge = Child("bridge", [*cli, "bridge"], env, logs)
-        children.append(bridge)
-        wait_for_port("127.0.0.1", bridge_port, 30, bridge.proc)
-        worker = Child("worker", [*cli, "worker"], env, logs)
+        idle_env = {**env, "SMS_ARQ_QUEUE": "bench:idle"}
+        idle, _ = await asyncio.to_thread(start_server, idle_env, idle_port, name="server-idle", log_dir=logs)
+        children.append(idle)
+        server, _ = await asyncio.to_thread(start_server, env, grpc_port, log_dir=logs)
+        children.append(server)
+        bridge_args = [*SMS_GATEWAY, "bridge"]
+        children.append(
+            await asyncio.to_thread(start_listening, "bridge", bridge_args, env, "127.0.0.1", bridge_port, log_dir=logs)
+        )
+        worker = await start_worker(env, redis, within=60, log_dir=logs)
         children.append(worker)
-        while not await redis.exists("bench:send:health-check"):
-            if worker.proc.poll() is not None:
-                raise RuntimeError(f"worker exited; see {worker.log_path}")
-            await asyncio.sleep(0.1)
 
         # A. The bare sequence, in process, onto a queue nobody reads.
         cfg = Config.from_env(env)
@@ -245,7 +192,7 @@ async def bench(
         result["send_path_p99_ms"] = pct(path_latency, 0.99) * 1000
 
         # C. The pipeline.
-        result["rss_before_mb"] = {"server": server.rss_mb(), "worker": worker.rss_mb()}
+        result["rss_before_mb"] = {"server": server.rss_mib(), "worker": worker.rss_mib()}
         db = mongo_client["bench"]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = sms_pb2_grpc.SmsServiceStub(channel)
@@ -260,12 +207,14 @@ async def bench(
             start = time.perf_counter()
             sends_s = await run_concurrently(args.messages, args.in_flight, pipeline)
             query = {"body": {"$regex": "^pipeline "}, "status_history.status": "sent"}
-            deadline = time.monotonic() + max(120.0, args.messages / 10)
-            while (done := await db.messages.count_documents(query)) < args.messages:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {done} of {args.messages} messages reached SENT")
+            await eventually_async(
+                lambda: db.messages.count_documents(query),
+                max(120.0, args.messages / 10),
+                f"all {args.messages} messages to reach SENT",
+                until=lambda done: done >= args.messages,
                 # Seldom: this count scans the collection under SecantusDB's global lock, slowing the pipeline.
-                await asyncio.sleep(2.0)
+                interval=2.0,
+            )
             end_to_end_s = time.perf_counter() - start
         docs = await db.messages.find(query, {"created": 1, "status_history": 1}).to_list()
         to_sent = [
@@ -283,7 +232,7 @@ async def bench(
             to_sent_p99_ms=pct(to_sent, 0.99) * 1000,
             to_sent_mean_ms=statistics.fmean(to_sent) * 1000,
             twilio_creates_accepted=sims["creates_accepted"],
-            rss_after_mb={"server": server.rss_mb(), "worker": worker.rss_mb()},
+            rss_after_mb={"server": server.rss_mib(), "worker": worker.rss_mib()},
         )
         return result
     finally:

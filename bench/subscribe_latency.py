@@ -16,25 +16,24 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its packages and tests.support
 
-from server.auth import mint_token  # noqa: E402
-from server.config import without_settings  # noqa: E402
-from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis  # noqa: E402
+from server.auth import mint_token
+from server.config import without_settings
+from server.embedded import EmbeddedServer, start_mongo, start_redis
+from tests.support.launch import start_server
+from tests.support.processes import ChildProcess
 
 SECRET = "bench-secret-not-for-production-0123456789"
 BASELINE_STREAM = "bench:baseline"
@@ -52,42 +51,11 @@ class Stats:
     counting: bool = False
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{target} not SERVING after {timeout} s")
 
 
 async def subscriber(
@@ -182,63 +150,45 @@ async def baseline(redis: Redis, rate: float, stop: asyncio.Event, counting: Sta
 
 @dataclass
 class Stack:
-    """The embedded stores and the server this run started, and where they log."""
+    """The embedded stores and the server this run started; `stop` ends them and removes their temp dir."""
 
-    tmp: tempfile.TemporaryDirectory[str]
-    mongo: EmbeddedServer
     valkey: EmbeddedServer
-    server: subprocess.Popen[bytes]
+    server: ChildProcess
     target: str
-    logs: list[IO[bytes]]
+    cleanup: ExitStack
 
     def stop(self) -> None:
-        self.server.terminate()
-        try:
-            self.server.wait(20)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-        self.valkey.stop()
-        self.mongo.stop()
-        for f in self.logs:
-            f.close()
-        self.tmp.cleanup()
+        self.cleanup.close()
 
 
 def start_stack() -> Stack:
     """Embedded SecantusDB and Valkey on free ports, and one server, SERVING."""
-    tmp = tempfile.TemporaryDirectory(prefix="sms-bench-")
-    log = open(Path(tmp.name) / "embedded.log", "ab")
-    mongo = start_mongo(":memory:", output=log)
-    valkey = start_redis(Path(tmp.name) / "redis", output=log)
-    target = f"127.0.0.1:{free_port()}"
-    env = without_settings(os.environ)
-    env.update(
-        MONGODB_URI=mongo.uri,
-        REDIS_URL=valkey.uri,
-        SMS_JWT_SECRET=SECRET,
-        SMS_GRPC_ADDR=target,
-        TWILIO_FROM_NUMBER="+15005550006",
-        SMS_HEARTBEAT_SECONDS="15",
-        MONGODB_DB=f"bench_{os.getpid()}",
-    )
-    server_log = open(Path(tmp.name) / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "server"], env=env, cwd=ROOT, stdout=server_log, stderr=subprocess.STDOUT
-    )
-    stack = Stack(tmp, mongo, valkey, server, target, [log, server_log])
-    try:
-        wait_serving(target, server)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+    with ExitStack() as cleanup:  # unwinds what was started if a later start fails
+        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sms-bench-")))
+        log = cleanup.enter_context(open(tmp / "embedded.log", "ab"))
+        mongo = start_mongo(":memory:", output=log)
+        cleanup.callback(mongo.stop)
+        valkey = start_redis(tmp / "redis", output=log)
+        cleanup.callback(valkey.stop)
+        env = without_settings(os.environ)
+        env.update(
+            MONGODB_URI=mongo.uri,
+            REDIS_URL=valkey.uri,
+            SMS_JWT_SECRET=SECRET,
+            TWILIO_FROM_NUMBER="+15005550006",
+            SMS_HEARTBEAT_SECONDS="15",
+            MONGODB_DB=f"bench_{os.getpid()}",
+        )
+        server, target = start_server(env, within=60, log_dir=tmp)
+        cleanup.callback(server.stop, timeout=20)
+        return Stack(valkey, server, target, cleanup.pop_all())
 
 
 async def run(args: argparse.Namespace, stack: Stack) -> None:
     server, target = stack.server, stack.target
     redis = Redis.from_url(stack.valkey.uri)
     try:
-        rss_idle = rss_kib(server.pid)
+        rss_idle = server.rss_mib()
         agents = [f"agent-{i}" for i in range(args.agents)]
         agent_tokens = [mint_token(SECRET, a, "agent") for a in agents]
         admin_token = mint_token(SECRET, "admin-0", "admin")
@@ -260,7 +210,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
         t_open = time.monotonic()
         await asyncio.wait_for(ready.wait(), 120)
         open_seconds = time.monotonic() - t_open
-        rss_subscribed = rss_kib(server.pid)
+        rss_subscribed = server.rss_mib()
 
         stop = asyncio.Event()
         sent = [0]
@@ -270,18 +220,18 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
         base = asyncio.create_task(baseline(redis, args.rate * events_per_send, stop, stats))
         await asyncio.sleep(args.warmup)
         stats.counting = True
-        cpu0, t0, sent0 = cpu_seconds(server.pid), time.monotonic(), sent[0]
+        cpu0, t0, sent0 = server.cpu_seconds(), time.monotonic(), sent[0]
         client_cpu0 = time.process_time()
         await asyncio.sleep(args.duration)
         stats.counting = False
         elapsed = time.monotonic() - t0
-        server_cpu = (cpu_seconds(server.pid) - cpu0) / elapsed
+        server_cpu = (server.cpu_seconds() - cpu0) / elapsed
         client_cpu = (time.process_time() - client_cpu0) / elapsed
         sends = sent[0] - sent0
         stop.set()
         await sending
         base_lat = await base
-        rss_after = rss_kib(server.pid)
+        rss_after = server.rss_mib()
         for t in subs:
             t.cancel()
         await asyncio.gather(*subs, return_exceptions=True)
@@ -318,8 +268,8 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
                 f"p99 {pct(lat, 0.99) / max(pct(blat, 0.99), 1e-3):.0f}x"
             )
         print(
-            f"server RSS: idle {rss_idle / 1024:.1f} MiB, with subscribers {rss_subscribed / 1024:.1f} MiB, "
-            f"after the run {rss_after / 1024:.1f} MiB"
+            f"server RSS: idle {rss_idle:.1f} MiB, with subscribers {rss_subscribed:.1f} MiB, "
+            f"after the run {rss_after:.1f} MiB"
         )
         if args.timeline:
             buckets: dict[int, list[float]] = {}

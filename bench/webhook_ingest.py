@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +35,21 @@ from pymongo import MongoClient
 from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc
 from twilio.request_validator import RequestValidator
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the project's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its packages and tests.support
 
-from server.auth import mint_token  # noqa: E402
-from server.config import without_settings  # noqa: E402
-from server.embedded import free_port, start_mongo, start_redis, wait_for_port  # noqa: E402
-from webhook_bridge.forms import inbound_request, parse_form, status_request  # noqa: E402
-from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdict  # noqa: E402
+from server.auth import mint_token
+from server.config import without_settings
+from server.embedded import free_port, start_mongo, start_redis
+from tests.support.launch import start_grpc, start_listening, start_server
+from tests.support.processes import SMS_GATEWAY, ChildProcess
+from webhook_bridge.forms import inbound_request, parse_form, status_request
+from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdict
 
 AUTH_TOKEN = "bench-auth-token"
 JWT_SECRET = "bench-jwt-secret-of-at-least-32-bytes"
 PUBLIC_BASE = "https://sms.bench.test"
 OUR_NUMBER = "+15005550006"
-SMS_GATEWAY = [sys.executable, "-m", "server.cli"]
+THIS_SCRIPT = [sys.executable, str(Path(__file__).resolve())]  # re-run as the baseline or the no-op ingest server
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -101,55 +101,16 @@ def run_noop_ingest(port: int) -> None:
 # Processes
 
 
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+def stopped_with(stack: ExitStack, proc: ChildProcess) -> ChildProcess:
+    """Has `proc` stopped when `stack` closes, saying where its log is if it did not exit cleanly."""
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def stop() -> None:
+        code = proc.stop()
+        if code not in (0, -signal.SIGTERM):
+            print(f"{proc.name} exited with {code}; log: {proc.log_path}", file=sys.stderr)
 
-
-@contextmanager
-def child(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Iterator[Child]:
-    log_path = log_dir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        c = Child(name, proc, log_path)
-        try:
-            yield c
-        finally:
-            code = c.stop()
-            if code not in (0, -15):
-                print(f"{name} exited with {code}; log: {log_path}", file=sys.stderr)
-
-
-def wait_serving(target: str, proc: Child, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.process.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited:\n{proc.log_path.read_text()[-3000:]}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{target} not SERVING within {within} s")
-
-
-def listening(port: int, proc: Child) -> None:
-    wait_for_port("127.0.0.1", port, 30, proc.process)
+    stack.callback(stop)
+    return proc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,15 +198,6 @@ def cpu_per_post(r: Result) -> float:
     return r.cpu_seconds / len(r.latencies) if r.latencies else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far (Linux /proc); NaN elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def load(
     name: str,
     base_url: str,
@@ -253,7 +205,7 @@ async def load(
     concurrency: int,
     duration: float,
     warmup: float,
-    pid: int,
+    process: ChildProcess,
     bridge: bool = True,
 ) -> Result:
     """Keeps `concurrency` posts in flight; measures those that start after the warm-up."""
@@ -288,10 +240,10 @@ async def load(
             # The server side's own view of the measured window: CPU it spent, and (bridge) how much of
             # each ack was the internal call. CPU per post does not depend on what else loads the machine.
             await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
-            cpu0 = cpu_seconds(pid)
+            cpu0 = process.cpu_seconds()
             s0, n0 = await internal_calls(base_url) if bridge else (0.0, 0.0)
             await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
-            cpu1 = cpu_seconds(pid)
+            cpu1 = process.cpu_seconds()
             s1, n1 = await internal_calls(base_url) if bridge else (0.0, 0.0)
             if bridge:
                 result.internal_ms = (s1 - s0) / (n1 - n0) * 1000 if n1 > n0 else float("nan")
@@ -304,7 +256,7 @@ async def load(
 
 
 async def load_direct(
-    target: str, source: PostSource, concurrency: int, duration: float, warmup: float, server_pid: int
+    target: str, source: PostSource, concurrency: int, duration: float, warmup: float, server: ChildProcess
 ) -> Result:
     """The same posts as RecordInbound/RecordStatus calls straight to the server: what the store allows."""
     md = (("authorization", f"Bearer {mint_token(JWT_SECRET, 'bench-bridge', 'service')}"),)
@@ -337,9 +289,9 @@ async def load_direct(
 
         async def window() -> None:
             await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
-            cpu0 = cpu_seconds(server_pid)
+            cpu0 = server.cpu_seconds()
             await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
-            result.cpu_seconds = cpu_seconds(server_pid) - cpu0
+            result.cpu_seconds = server.cpu_seconds() - cpu0
 
         watcher = asyncio.create_task(window())
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -415,19 +367,19 @@ def main(argv: list[str] | None = None) -> int:
             REDIS_URL=redis.uri,
             SMS_JWT_SECRET=JWT_SECRET,
             TWILIO_FROM_NUMBER=OUR_NUMBER,
-            SMS_GRPC_ADDR=target,
             SMS_GRPC_TARGET=target,
             SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}",
             TWILIO_AUTH_TOKEN=AUTH_TOKEN,
             SMS_PUBLIC_BASE_URL=PUBLIC_BASE,
         )
-        server = stack.enter_context(child("server", [*SMS_GATEWAY, "server"], env, tmp))
-        wait_serving(target, server)
-        bridge = stack.enter_context(child("bridge", [*SMS_GATEWAY, "bridge"], env, tmp))
-        listening(bridge_port, bridge)
-        me = [sys.executable, str(Path(__file__).resolve())]
-        baseline = stack.enter_context(child("baseline", [*me, "--serve-baseline", str(base_port)], env, tmp))
-        listening(base_port, baseline)
+        server, _ = start_server(env, grpc_port, within=60, log_dir=tmp)
+        stopped_with(stack, server)
+        bridge_args = [*SMS_GATEWAY, "bridge"]
+        bridge = stopped_with(stack, start_listening("bridge", bridge_args, env, "127.0.0.1", bridge_port, log_dir=tmp))
+        baseline_args = [*THIS_SCRIPT, "--serve-baseline", str(base_port)]
+        baseline = stopped_with(
+            stack, start_listening("baseline", baseline_args, env, "127.0.0.1", base_port, log_dir=tmp)
+        )
 
         db_client: MongoClient[dict[str, object]] = MongoClient(mongo.uri)
         stack.callback(db_client.close)
@@ -447,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.concurrency,
                     args.duration,
                     args.warmup,
-                    server.process.pid,
+                    server,
                 )
             )
             print(direct.line() + "  <- the same calls straight to the gRPC server (cpu: the server's)")
@@ -459,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.concurrency,
                 args.duration,
                 args.warmup,
-                bridge.process.pid,
+                bridge,
             )
         )
         print(bridge_result.line())
@@ -471,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.concurrency,
                 args.duration,
                 args.warmup,
-                baseline.process.pid,
+                baseline,
                 bridge=False,
             )
         )
@@ -479,16 +431,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio     {bridge_result.rate / base_result.rate:.2f}x baseline rate")
         if not args.no_noop:
             noop_port, noop_bridge_port = free_port(), free_port()
-            me = [sys.executable, str(Path(__file__).resolve())]
-            noop = stack.enter_context(child("noop-ingest", [*me, "--serve-noop", str(noop_port)], env, tmp))
-            wait_serving(f"127.0.0.1:{noop_port}", noop)
+            noop_args = [*THIS_SCRIPT, "--serve-noop", str(noop_port)]
+            stopped_with(
+                stack, start_grpc("noop-ingest", noop_args, env, f"127.0.0.1:{noop_port}", within=60, log_dir=tmp)
+            )
             noop_env = {
                 **env,
                 "SMS_GRPC_TARGET": f"127.0.0.1:{noop_port}",
                 "SMS_BRIDGE_ADDR": f"127.0.0.1:{noop_bridge_port}",
             }
-            noop_bridge = stack.enter_context(child("bridge-noop", [*SMS_GATEWAY, "bridge"], noop_env, tmp))
-            listening(noop_bridge_port, noop_bridge)
+            noop_bridge = stopped_with(
+                stack, start_listening("bridge-noop", bridge_args, noop_env, "127.0.0.1", noop_bridge_port, log_dir=tmp)
+            )
             noop_result = asyncio.run(
                 load(
                     "bridge*",
@@ -497,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.concurrency,
                     args.duration,
                     args.warmup,
-                    noop_bridge.process.pid,
+                    noop_bridge,
                 )
             )
             print(noop_result.line() + "  <- bridge against a no-op ingest server")

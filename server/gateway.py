@@ -169,8 +169,7 @@ class Gateway:
         if request_key:
             earlier = await self.store.find_by_request(request_key)
             if earlier is not None:
-                await same_request(earlier)
-                return await self._replayed(earlier), True
+                return await self._repeat(earlier, same_request)
         conv = await self._conversation_to_send(caller, req)
         doc = new_outbound(
             conv,
@@ -206,6 +205,12 @@ class Gateway:
         earlier = await find_earlier()
         if earlier is None:
             raise Aborted("a message with the same key was stored and is gone; retry", Reason.CONCURRENT_UPDATE)
+        return await self._repeat(earlier, check_earlier)
+
+    async def _repeat(
+        self, earlier: MessageDoc, check_earlier: Callable[[MessageDoc], Awaitable[None]] | None
+    ) -> tuple[MessageDoc, bool]:
+        """The answer to a repeated request: the stored message, once `check_earlier` accepts it."""
         if check_earlier is not None:
             await check_earlier(earlier)
         return await self._replayed(earlier), True

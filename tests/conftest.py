@@ -13,12 +13,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from sms.v1 import ingest_pb2_grpc, sms_pb2_grpc
 
-from server.auth import mint_token
 from server.config import without_settings
 from server.embedded import EmbeddedServer, start_mongo, start_redis
-from tests.procs import Proc, start_server
-
-JWT_SECRET = "test-secret-not-for-production-0123456789"
+from tests.support.identities import JWT_SECRET
+from tests.support.launch import start_server
+from tests.support.processes import ChildProcess
 
 
 @pytest.fixture(scope="session")
@@ -62,35 +61,12 @@ def grpc_server(base_env: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def server_proc_factory(base_env: dict[str, str]) -> Iterator[list[Proc]]:
+def server_proc_factory(base_env: dict[str, str]) -> Iterator[list[ChildProcess]]:
     """Processes a test started itself; stopped at the end of the session whatever happened."""
-    procs: list[Proc] = []
+    procs: list[ChildProcess] = []
     yield procs
     for p in procs:
         p.stop()
-
-
-def token(user: str, role: str = "agent") -> str:
-    """A valid token for the test secret."""
-    return mint_token(JWT_SECRET, user, role)
-
-
-def auth(user: str, role: str = "agent") -> tuple[tuple[str, str], ...]:
-    """Call metadata for `user` with `role`."""
-    return (("authorization", f"Bearer {token(user, role)}"),)
-
-
-def unique_user(prefix: str = "agent") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-_counter = iter(range(10_000, 100_000))
-
-
-def unique_number() -> str:
-    """A valid US number (E.164) not used by any other test in this session."""
-    n = next(_counter)
-    return f"+1415555{n % 10000:04d}" if n < 20_000 else f"+1628555{n % 10000:04d}"
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
 import re
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +22,10 @@ from sms.v1 import sms_pb2, sms_pb2_grpc
 from twilio.request_validator import RequestValidator
 
 from server.embedded import free_port
-from tests.conftest import auth, unique_number
-from tests.procs import SMS_GATEWAY, Proc, start_http_process, start_server
+from tests.support.identities import auth, unique_number
+from tests.support.launch import start_listening, start_server
+from tests.support.polling import eventually_async
+from tests.support.processes import SMS_GATEWAY, ChildProcess
 from webhook_bridge.app import EMPTY_TWIML
 from webhook_bridge.forms import FormError, inbound_request, parse_dlr_date, parse_form, status_request
 from webhook_bridge.metrics import BridgeMetrics
@@ -190,7 +191,7 @@ def test_metrics_exposition() -> None:
 class Bridge:
     """A running bridge process and how to reach it."""
 
-    proc: Proc
+    proc: ChildProcess
     url: str  # where the test connects
     public_base: str  # what Twilio would have called
     token: str
@@ -213,7 +214,7 @@ def start_bridge(base_env: Mapping[str, str], grpc_target: str, **extra: str) ->
         "SMS_PUBLIC_BASE_URL": PUBLIC_BASE,
         **extra,
     }
-    proc = start_http_process("bridge", "bridge", env, "127.0.0.1", port)
+    proc = start_listening("bridge", [*SMS_GATEWAY, "bridge"], env, "127.0.0.1", port)
     return Bridge(proc, f"http://127.0.0.1:{port}", PUBLIC_BASE, AUTH_TOKEN)
 
 
@@ -282,17 +283,6 @@ def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
     }
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = 15.0) -> None:
-    """Polls `check` (sync or async) until it holds; fails after `within` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {within} s")
-
-
 async def metric(http: aiohttp.ClientSession, bridge: Bridge, series: str) -> float:
     """The value of one exposition line (0 when absent)."""
     async with http.get(bridge.url + "/metrics") as resp:
@@ -353,7 +343,7 @@ async def test_bad_signature_is_refused_and_nothing_stored(
     assert await db.messages.count_documents({"twilio_sid": sid}) == 0
     assert await metric(http, bridge, series) == before + 1
     # The refusal is logged, without the body.
-    await wait_for(lambda: f"{reason} X-Twilio-Signature" in bridge.proc.log(), "the refusal logged")
+    await eventually_async(lambda: f"{reason} X-Twilio-Signature" in bridge.proc.log(), 15, "the refusal logged")
     assert "hello" not in bridge.proc.log()
 
 
@@ -551,7 +541,7 @@ async def test_metrics_move(http: aiohttp.ClientSession, bridge: Bridge) -> None
 
 
 async def test_server_outage(
-    base_env: dict[str, str], server_proc_factory: list[Proc], http: aiohttp.ClientSession, db: Any
+    base_env: dict[str, str], server_proc_factory: list[ChildProcess], http: aiohttp.ClientSession, db: Any
 ) -> None:
     port = free_port()
     server, target = start_server(base_env, port)
@@ -562,10 +552,9 @@ async def test_server_outage(
 
     assert server.stop() == 0
 
-    async def health_down() -> bool:
-        return await healthz(http, b) == 503
-
-    await wait_for(health_down, "/healthz 503 while the server is down")
+    await eventually_async(
+        lambda: healthz(http, b), 15, "/healthz 503 while the server is down", until=lambda status: status == 503
+    )
     sid = new_sid()
     params = inbound_params(sid, unique_number(), "during the outage")
     started = time.monotonic()
@@ -588,7 +577,7 @@ async def test_server_outage(
 
 
 async def test_sigterm_finishes_in_flight_posts(
-    base_env: dict[str, str], grpc_server: str, server_proc_factory: list[Proc], http: aiohttp.ClientSession
+    base_env: dict[str, str], grpc_server: str, server_proc_factory: list[ChildProcess], http: aiohttp.ClientSession
 ) -> None:
     b = start_bridge(base_env, grpc_server)
     server_proc_factory.append(b.proc)
@@ -596,10 +585,7 @@ async def test_sigterm_finishes_in_flight_posts(
     in_flight = asyncio.create_task(post(http, b, "/twilio/status", status_params(new_sid(), "sent")))
     retries = 'sms_bridge_ingest_retries_total{method="RecordStatus",cause="not_found"}'
 
-    async def retried() -> bool:
-        return await metric(http, b, retries) > 0
-
-    await wait_for(retried, "the post in flight")
+    await eventually_async(lambda: metric(http, b, retries), 15, "the post in flight", until=lambda n: n > 0)
     b.proc.process.send_signal(signal.SIGTERM)
     answer = await in_flight
     assert answer.status == 503  # answered, not cut off
@@ -609,7 +595,11 @@ async def test_sigterm_finishes_in_flight_posts(
 
 
 async def test_verify_off_warns_and_accepts_unsigned(
-    base_env: dict[str, str], grpc_server: str, server_proc_factory: list[Proc], http: aiohttp.ClientSession, db: Any
+    base_env: dict[str, str],
+    grpc_server: str,
+    server_proc_factory: list[ChildProcess],
+    http: aiohttp.ClientSession,
+    db: Any,
 ) -> None:
     b = start_bridge(base_env, grpc_server, SMS_WEBHOOK_VERIFY="false")
     server_proc_factory.append(b.proc)

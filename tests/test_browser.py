@@ -20,20 +20,19 @@ import grpc
 import pytest
 from sms.v1 import sms_pb2, sms_pb2_grpc, types_pb2
 
-from tests.browser import (
+from tests.support.browser import (
     CHROMIUM_ARGS,
     DESKTOP,
     PHONE,
     PROBE_SCRIPT,
     chromium_path,
-    inject_inbound,
-    patch_rules,
     probe,
     screenshot,
     skip_or_fail_without_browser,
-    wait_until,
 )
-from tests.devstack import DevStack, dev_stack, pid_alive
+from tests.support.dev_stack import DevStack, dev_stack, inject_inbound, patch_rules
+from tests.support.polling import eventually
+from tests.support.processes import pid_alive
 
 # How soon an injected inbound message must show in the list (simulator → bridge → server → Subscribe →
 # Envoy → browser). Locally it takes ~0.1 s; the limit leaves room for a busy CI box.
@@ -279,7 +278,7 @@ def test_an_inbound_reply_appears_within_a_second_with_a_badge_that_opening_clea
     assert inbound.get_attribute("data-status") == "received"
     page.locator(sel("conversation-item", contact=contact, unread="0")).wait_for()
     assert row.get_by_test_id("unread-badge").count() == 0
-    wait_until(lambda: api.conversation("alice", sent.conversation_id).unread_count == 0, 5, "unread 0 on the server")
+    eventually(lambda: api.conversation("alice", sent.conversation_id).unread_count == 0, 5, "unread 0 on the server")
 
     # Reply from the composer (Enter sends) — the inbox screenshot: a thread with both directions.
     composer = page.get_by_test_id("composer-input")
@@ -293,7 +292,7 @@ def test_an_inbound_reply_appears_within_a_second_with_a_badge_that_opening_clea
     # A reply to the conversation that is open and in view is read at once: no badge.
     inject_inbound(stack, contact, "Thanks!")
     bubble(page, "Thanks!").wait_for()
-    wait_until(lambda: api.conversation("alice", sent.conversation_id).unread_count == 0, 5, "the open thread read")
+    eventually(lambda: api.conversation("alice", sent.conversation_id).unread_count == 0, 5, "the open thread read")
     assert row.get_attribute("data-unread") == "0"
 
 
@@ -378,7 +377,7 @@ def stat(page: Any, key: str) -> str:
 
 def test_admin_sees_the_queue_dashboard_with_numbers(stack: DevStack, pages: Pages, api: Api) -> None:
     sent = api.send("admin", new_contact(), "Reminder: your appointment is tomorrow at 10am.")
-    wait_until(lambda: api.message("admin", sent.id).status == types_pb2.MESSAGE_STATUS_DELIVERED, 15, "delivery")
+    eventually(lambda: api.message("admin", sent.id).status == types_pb2.MESSAGE_STATUS_DELIVERED, 15, "delivery")
     page = pages.open_as("admin")
     assert page.get_by_test_id("user-role").inner_text().lower() == "admin"
     page.get_by_test_id("tab-queue").click()
@@ -509,5 +508,5 @@ def test_the_live_view_survives_a_server_restart_without_losing_messages(
         shown = set(page.eval_on_selector_all(sel("message-bubble"), "els => els.map(e => e.dataset.messageId)"))
         return shown == api.message_ids("alice", sent.conversation_id)
 
-    wait_until(same_as_server, 10, "the thread to match the server's messages")
+    eventually(same_as_server, 10, "the thread to match the server's messages")
     assert page.locator(sel("message-bubble")).count() == 4

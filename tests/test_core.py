@@ -12,7 +12,8 @@ import pytest
 from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc, types_pb2
 
 from server.errors import error_reason
-from tests.conftest import auth, unique_number, unique_user
+from tests.support.identities import auth, unique_number, unique_user
+from tests.support.launch import start_server
 
 SERVICE = auth("bridge", "service")
 OUR_NUMBER = "+15005550006"
@@ -564,8 +565,6 @@ async def test_replies_land_in_the_conversation_of_the_send(
 
 
 async def test_messaging_service_conversations_meet_their_replies(base_env: dict[str, str]) -> None:
-    from tests.procs import start_server
-
     service_sid = "MG" + "1" * 32
     env = {k: v for k, v in base_env.items() if k != "TWILIO_FROM_NUMBER"}
     proc, addr = start_server({**env, "TWILIO_MESSAGING_SERVICE_SID": service_sid})

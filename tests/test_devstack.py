@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,23 +27,14 @@ from pymongo import MongoClient
 from sms.v1 import sms_pb2, sms_pb2_grpc, types_pb2
 
 from devstack.envoy import EnvoyPorts, envoy_command, render
-from devstack.stack import ChildSpec, Console, StackFailed, Supervisor, load_secrets, ui_watcher
+from devstack.stack import load_secrets, ui_watcher
+from devstack.supervisor import ChildSpec, Console, StackFailed, Supervisor
 from server.auth import Role, verify_token
 from server.config import without_settings
 from server.embedded import free_port
-from tests.devstack import DevStack, dev_stack, pid_alive
-from tests.procs import ROOT, Proc
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    """Polls `condition()` until true; fails naming `what` when the deadline passes."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+from tests.support.dev_stack import DevStack, dev_stack
+from tests.support.polling import eventually
+from tests.support.processes import ROOT, ChildProcess, pid_alive
 
 
 # grpc-web by hand ------------------------------------------------------------------------------------
@@ -150,19 +140,16 @@ def envoy(dist: Path, tmp_path: Path, health_upstream: str) -> Iterator[tuple[st
     """Envoy running the rendered config; yields (web URL, admin URL)."""
     ports = EnvoyPorts(f"127.0.0.1:{free_port()}", health_upstream, free_port())
     config = render(ports, tmp_path / "envoy.yaml", dist)
-    proc = Proc("envoy", envoy_command(config), without_settings(os.environ))
+    proc = ChildProcess("envoy", envoy_command(config), without_settings(os.environ))
     admin = f"http://127.0.0.1:{ports.admin_port}"
 
-    def ready() -> bool:
-        assert proc.alive(), proc.log()
-        try:
-            with urllib.request.urlopen(f"{admin}/ready", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+    def ready() -> int:
+        proc.check_alive()
+        return http_status(f"{admin}/ready")
 
     try:
-        wait_until(ready, 20, "envoy /ready")
+        with proc.log_on_error():
+            eventually(ready, 20, "envoy /ready", until=lambda status: status == 200)
         yield f"http://{ports.web_addr}", admin
     finally:
         proc.stop()
@@ -277,14 +264,14 @@ def test_a_killed_child_is_reported_and_restarted_and_stop_leaves_nothing() -> N
     second = sup.start(py_child("other", "import time; time.sleep(60)"))
     old_pid = first.pid
     assert old_pid is not None
-    wait_until(lambda: "[sleeper]   up" in out.getvalue(), 10, "the sleeper's first line")
+    eventually(lambda: "[sleeper]   up" in out.getvalue(), 10, "the sleeper's first line")
     os.kill(old_pid, signal.SIGKILL)
 
     def restarted() -> bool:
         sup.tick()
         return first.pid not in (None, old_pid) and first.alive()
 
-    wait_until(restarted, 10, "the sleeper to be restarted")
+    eventually(restarted, 10, "the sleeper to be restarted")
     assert "!!! sleeper killed by SIGKILL" in out.getvalue()
     assert "!!!   up" in out.getvalue()
     pids = [first.pid, second.pid]
@@ -296,20 +283,20 @@ def test_a_killed_child_is_reported_and_restarted_and_stop_leaves_nothing() -> N
 def test_children_do_not_outlive_a_sigkilled_supervisor() -> None:
     script = textwrap.dedent("""
         import os, sys
-        from devstack.stack import ChildSpec, Console, Supervisor
+        from devstack.supervisor import ChildSpec, Console, Supervisor
         sup = Supervisor(Console())
         for i in range(2):
             sup.start(ChildSpec(f"c{i}", ["sleep", "120"], dict(os.environ)))
         print("PIDS", *[c.pid for c in sup.children], flush=True)
         sup.run_until_stopped()
     """)
-    proc = Proc("supervisor", [sys.executable, "-c", script], without_settings(os.environ))
+    proc = ChildProcess("supervisor", [sys.executable, "-c", script], without_settings(os.environ))
     try:
-        wait_until(lambda: "PIDS" in proc.log(), 15, "the supervisor to start its children")
+        eventually(lambda: "PIDS" in proc.log(), 15, "the supervisor to start its children")
         pids = [int(p) for p in proc.log().split("PIDS", 1)[1].split()[:2]]
         assert all(pid_alive(pid) for pid in pids)
         proc.stop(signal.SIGKILL)
-        wait_until(lambda: not any(pid_alive(pid) for pid in pids), 10, "orphaned children to die")
+        eventually(lambda: not any(pid_alive(pid) for pid in pids), 10, "orphaned children to die")
     finally:
         proc.stop(signal.SIGKILL)
 
@@ -432,7 +419,7 @@ def test_a_message_goes_all_the_way_through_the_simulator(stack: DevStack) -> No
             message = sms.GetMessage(request, metadata=stack.metadata("bob"), timeout=5).message
             return bool(message.status == types_pb2.MESSAGE_STATUS_DELIVERED)
 
-        wait_until(delivered, 20, "the message to be delivered")
+        eventually(delivered, 20, "the message to be delivered")
 
 
 def test_a_sigkilled_child_is_reported_and_restarted(stack: DevStack) -> None:
@@ -440,9 +427,9 @@ def test_a_sigkilled_child_is_reported_and_restarted(stack: DevStack) -> None:
     os.kill(old, signal.SIGKILL)
     info = stack.wait_for(lambda i: i["pids"].get("bridge") not in (None, old), timeout=20)
     assert pid_alive(info["pids"]["bridge"])
-    wait_until(lambda: http_status(f"{stack.bridge_url}/healthz") == 200, 20, "the restarted bridge")
+    eventually(lambda: http_status(f"{stack.bridge_url}/healthz"), 20, "the restarted bridge", until=lambda s: s == 200)
     assert "!!! bridge killed by SIGKILL" in stack.log()
-    wait_until(lambda: "bridge is healthy again" in stack.log(), 10, "the supervisor to see the bridge back")
+    eventually(lambda: "bridge is healthy again" in stack.log(), 10, "the supervisor to see the bridge back")
 
 
 def test_ctrl_c_stops_every_child_and_exits_zero(stack: DevStack) -> None:

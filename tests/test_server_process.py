@@ -8,17 +8,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.embedded import EmbeddedServer, start_redis
-from tests.conftest import token, unique_number
-from tests.procs import start_server
+from tests.support.identities import token, unique_number
+from tests.support.launch import start_server
+from tests.support.readiness import health_status, wait_health
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 
@@ -50,24 +48,6 @@ def test_grpcurl_lists_services_and_sends(grpc_server: str) -> None:
     assert denied.returncode != 0 and "Unauthenticated" in denied.stderr
 
 
-def health_status(addr: str) -> int:
-    with grpc.insecure_channel(addr) as ch:
-        try:
-            status: int = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
-        except grpc.RpcError:
-            return -1
-        return status
-
-
-def wait_status(addr: str, want: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if health_status(addr) == want:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"health never became {want}; last {health_status(addr)}")
-
-
 @pytest.fixture
 def own_redis() -> Iterator[tuple[Path, EmbeddedServer]]:
     with tempfile.TemporaryDirectory(prefix="sms-test-own-valkey-") as tmp:
@@ -80,12 +60,12 @@ def test_health_follows_redis(base_env: dict[str, str], own_redis: tuple[Path, E
     data, redis = own_redis
     proc, addr = start_server({**base_env, "REDIS_URL": redis.uri})
     try:
-        assert health_status(addr) == health_pb2.HealthCheckResponse.SERVING
+        assert health_status(addr) == "SERVING"
         redis.stop()
-        wait_status(addr, health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_health(addr, "NOT_SERVING", within=20)
         restarted = start_redis(data, redis.port)
         try:
-            wait_status(addr, health_pb2.HealthCheckResponse.SERVING)
+            wait_health(addr, "SERVING", within=20)
         finally:
             restarted.stop()
     finally:
@@ -99,11 +79,11 @@ def test_health_follows_mongodb(base_env: dict[str, str]) -> None:
         mongo = start_mongo(Path(tmp) / "db", free_port())
         proc, addr = start_server({**base_env, "MONGODB_URI": mongo.uri})
         try:
-            assert health_status(addr) == health_pb2.HealthCheckResponse.SERVING
+            assert health_status(addr) == "SERVING"
             mongo.stop()
-            wait_status(addr, health_pb2.HealthCheckResponse.NOT_SERVING)
+            wait_health(addr, "NOT_SERVING", within=20)
             mongo = start_mongo(Path(tmp) / "db", mongo.port)
-            wait_status(addr, health_pb2.HealthCheckResponse.SERVING)
+            wait_health(addr, "SERVING", within=20)
         finally:
             proc.stop()
             mongo.stop()

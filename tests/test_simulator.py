@@ -7,7 +7,7 @@ import base64
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -22,11 +22,12 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from devstack.simulator_rules import RulesError, load_rules
-from devstack.twilio_simulator import TwilioSimulator
+from devstack.twilio_sim import RulesError, TwilioSimulator, load_rules
 from server.config import Config, without_settings
 from server.embedded import free_port
-from tests.procs import start_http_process
+from tests.support.launch import start_listening
+from tests.support.polling import eventually_async
+from tests.support.processes import SMS_GATEWAY
 
 SID = "AC" + "5a" * 16
 TOKEN = "sim-test-token-0123456789"
@@ -89,26 +90,6 @@ class Receiver:
     def on(self, path: str) -> list[Hit]:
         """The posts to `path`, in arrival order."""
         return [h for h in self.hits if h.path == path]
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 5.0, what: str = "condition") -> None:
-    """Polls `condition` until it holds; fails the test at the deadline."""
-
-    async def check() -> bool:
-        return condition()
-
-    await wait_for_async(check, within, what)
-
-
-async def wait_for_async(check: Callable[[], Awaitable[bool]], within: float = 5.0, what: str = "condition") -> None:
-    """Polls the async `check` until it holds; fails the test at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +255,7 @@ async def test_fetch_after_delivery_has_price_and_date_sent(
         found = (await sim_get(http, sim, "/_sim/messages", sid=sid))["messages"]
         return bool(found[0]["status"] == "delivered")
 
-    await wait_for_async(delivered, what="delivered")
+    await eventually_async(delivered, 5, "delivered")
     fetched = await client.messages(created.sid).fetch_async()
     assert fetched.sid == created.sid
     assert fetched.status == "delivered"
@@ -448,7 +429,7 @@ async def test_status_callbacks_arrive_in_order_signed_with_tokens(
 ) -> None:
     callback = receiver.base + "/twilio/status?tenant=a"
     m = await client.messages.create_async(to="+15551230030", from_=OUR_NUMBER, body="hi", status_callback=callback)
-    await wait_for(lambda: len(receiver.on("/twilio/status")) >= 3, what="three callbacks")
+    await eventually_async(lambda: len(receiver.on("/twilio/status")) >= 3, 5, "three callbacks")
     hits = receiver.on("/twilio/status")
     assert statuses(hits) == ["sending", "sent", "delivered"]
     assert all(h.signature_ok for h in hits)
@@ -469,7 +450,7 @@ async def test_messaging_service_goes_through_queued_with_a_sender(client: Clien
     await client.messages.create_async(
         to="+15551230031", messaging_service_sid=SERVICE_SID, body="hi", status_callback=receiver.base + "/s"
     )
-    await wait_for(lambda: len(receiver.on("/s")) >= 4, what="four callbacks")
+    await eventually_async(lambda: len(receiver.on("/s")) >= 4, 5, "four callbacks")
     hits = receiver.on("/s")
     assert statuses(hits) == ["queued", "sending", "sent", "delivered"]
     assert {h.form["MessagingServiceSid"] for h in hits} == {SERVICE_SID}
@@ -495,7 +476,7 @@ async def test_final_outcome_rules(
     to = "+15005550010"
     await put_rules(http, sim, {"outcomes": {to: outcome}, "lifecycle_ms": {"queued": 5, "sending": 5, "sent": 5}})
     m = await client.messages.create_async(to=to, from_=OUR_NUMBER, body="x", status_callback=receiver.base + "/o")
-    await wait_for(lambda: len(receiver.on("/o")) >= len(expected), what="final callback")
+    await eventually_async(lambda: len(receiver.on("/o")) >= len(expected), 5, "final callback")
     hits = receiver.on("/o")
     assert statuses(hits) == expected
     assert hits[-1].form["ErrorCode"] == code
@@ -511,7 +492,7 @@ async def test_duplicated_callbacks_share_the_idempotency_token(
     await client.messages.create_async(
         to="+15551230032", from_=OUR_NUMBER, body="x", status_callback=receiver.base + "/d"
     )
-    await wait_for(lambda: len(receiver.on("/d")) >= 9, what="nine callbacks")
+    await eventually_async(lambda: len(receiver.on("/d")) >= 9, 5, "nine callbacks")
     hits = receiver.on("/d")
     assert statuses(hits) == ["sending"] * 3 + ["sent"] * 3 + ["delivered"] * 3
     tokens = [h.headers["I-Twilio-Idempotency-Token"] for h in hits]
@@ -527,7 +508,7 @@ async def test_reordered_callbacks(
     await client.messages.create_async(
         to="+15551230033", from_=OUR_NUMBER, body="x", status_callback=receiver.base + "/r"
     )
-    await wait_for(lambda: len(receiver.on("/r")) >= 3, what="reversed callbacks")
+    await eventually_async(lambda: len(receiver.on("/r")) >= 3, 5, "reversed callbacks")
     assert statuses(receiver.on("/r")) == ["delivered", "sent", "sending"]
     await put_rules(http, sim, {"seed": 3, "callbacks": {"order": "shuffle"}})
     sids = [
@@ -538,7 +519,7 @@ async def test_reordered_callbacks(
         ).sid
         for i in range(4)
     ]
-    await wait_for(lambda: all(len(receiver.on(f"/sh{i}")) >= 3 for i in range(4)), what="shuffled callbacks")
+    await eventually_async(lambda: all(len(receiver.on(f"/sh{i}")) >= 3 for i in range(4)), 5, "shuffled callbacks")
     orders = [statuses(receiver.on(f"/sh{i}")) for i in range(4)]
     assert all(sorted(o) == ["delivered", "sending", "sent"] for o in orders)
     logged = (await sim_get(http, sim, "/_sim/callbacks", sid=sids[0]))["callbacks"]
@@ -553,7 +534,7 @@ async def test_fragment_overrides_retry_5xx_with_one_token(
     m = await client.messages.create_async(
         to="+15551230035", from_=OUR_NUMBER, body="x", status_callback=receiver.base + "/retry?k=1#rc=3&rp=5xx"
     )
-    await wait_for(lambda: len(receiver.on("/retry")) >= 4, what="retried and next callback")
+    await eventually_async(lambda: len(receiver.on("/retry")) >= 4, 5, "retried and next callback")
     hits = receiver.on("/retry")
     assert statuses(hits) == ["sending", "sending", "sending", "failed"]
     assert len({h.headers["I-Twilio-Idempotency-Token"] for h in hits[:3]}) == 1
@@ -570,7 +551,7 @@ async def test_default_policy_does_not_retry_5xx_but_retries_connect_once(
     await client.messages.create_async(
         to="+15551230036", from_=OUR_NUMBER, body="x", status_callback=receiver.base + "/plain"
     )
-    await wait_for(lambda: len(receiver.on("/plain")) >= 2, what="both statuses")
+    await eventually_async(lambda: len(receiver.on("/plain")) >= 2, 5, "both statuses")
     assert [(h.form["MessageStatus"]) for h in receiver.on("/plain")] == ["sending", "failed"]
     closed = f"http://127.0.0.1:{free_port()}/nobody"
     m = await client.messages.create_async(to="+15551230036", from_=OUR_NUMBER, body="x", status_callback=closed)
@@ -581,7 +562,7 @@ async def test_default_policy_does_not_retry_5xx_but_retries_connect_once(
     async def four_attempts() -> bool:
         return len(await attempts()) >= 4
 
-    await wait_for_async(four_attempts, what="two attempts for each of two callbacks")
+    await eventually_async(four_attempts, 5, "two attempts for each of two callbacks")
     log = await attempts()
     assert [(c["params"]["MessageStatus"], c["attempt"]) for c in log] == [
         ("sending", 1),
@@ -707,7 +688,9 @@ async def test_process_serves_and_exits_0_on_sigterm() -> None:
         TWILIO_AUTH_TOKEN=TOKEN,
         SMS_SIMULATOR_RULES='{"burst_500": 1}',
     )
-    proc = await asyncio.to_thread(start_http_process, "twilio-simulator", "twilio-simulator", env, "127.0.0.1", port)
+    proc = await asyncio.to_thread(
+        start_listening, "twilio-simulator", [*SMS_GATEWAY, "twilio-simulator"], env, "127.0.0.1", port
+    )
     try:
         twilio = Client(SID, TOKEN, http_client=AsyncTwilioHttpClient())
         twilio.api.base_url = f"http://127.0.0.1:{port}"

@@ -20,8 +20,10 @@ from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc, types_pb2
 from sms_gateway_client import Backoff, subscribe
 
 from server.embedded import free_port, start_redis
-from tests.conftest import auth, token, unique_number, unique_user
-from tests.procs import Proc, start_server
+from tests.support.identities import auth, token, unique_number, unique_user
+from tests.support.launch import start_server
+from tests.support.polling import eventually_async
+from tests.support.processes import ChildProcess
 
 Response = sms_pb2.SubscribeResponse
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -30,15 +32,6 @@ COUNT_LINE = re.compile(r"hub: (\d+) subscribers")
 
 
 # Helpers
-
-
-async def until(condition: Callable[[], bool], limit: float, what: str) -> None:
-    """Polls `condition` until it holds; fails the test naming `what` when `limit` seconds pass."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def key(event_id: str) -> tuple[int, int]:
@@ -88,7 +81,7 @@ class Stream:
 
     async def started(self) -> Stream:
         """Waits for the first response (the server registered the subscriber and says where the log is)."""
-        await until(lambda: bool(self.responses) or self.error is not None, 10, "the first response")
+        await eventually_async(lambda: bool(self.responses) or self.error is not None, 10, "the first response")
         assert self.error is None, self.error
         return self
 
@@ -163,7 +156,7 @@ def sid() -> str:
     return "SM" + uuid.uuid4().hex
 
 
-def counts(proc: Proc) -> list[int]:
+def counts(proc: ChildProcess) -> list[int]:
     return [int(n) for n in COUNT_LINE.findall(proc.log())]
 
 
@@ -189,7 +182,7 @@ def replica(base_env: dict[str, str]) -> Iterator[str]:
 class Killable:
     env: dict[str, str]
     port: int
-    proc: Proc
+    proc: ChildProcess
 
     @property
     def addr(self) -> str:
@@ -267,8 +260,8 @@ async def test_each_subscriber_sees_exactly_its_events(
     entries = await xrange_after(redis, start)
     for s, owner in ((sa, a), (sb, b), (sc, c)):
         expected = ids_of(entries, owner)
-        await until(caught_up(s, expected[-1]), 10, f"{owner}'s events")
-    await until(lambda: sadmin.latest() >= key(end), 10, "the admin's events")
+        await eventually_async(caught_up(s, expected[-1]), 10, f"{owner}'s events")
+    await eventually_async(lambda: sadmin.latest() >= key(end), 10, "the admin's events")
     entries = await xrange_after(redis, start)
     assert sa.event_ids == ids_of(entries, a)
     assert sb.event_ids == ids_of(entries, b)
@@ -311,7 +304,7 @@ async def test_narrowing_to_a_conversation(sms: sms_pb2_grpc.SmsServiceAsyncStub
     admin = await open_stream(sms, "boss", "admin", conversation_id=other.conversation_id).started()
     await send(sms, a, other.to_number)
     await send(sms, a, mine.to_number)
-    await until(lambda: len(narrowed.events) >= 2 and len(admin.events) >= 2, 10, "narrowed events")
+    await eventually_async(lambda: len(narrowed.events) >= 2 and len(admin.events) >= 2, 10, "narrowed events")
     assert {r.event.message.conversation_id or r.event.conversation.id for r in narrowed.events} == {
         mine.conversation_id
     }
@@ -339,13 +332,13 @@ async def test_resume_replays_then_goes_live_without_gap_or_duplicate(
 
     # Subscribe while events keep coming, so the seam between replay and live is crossed under load.
     sender = asyncio.create_task(keep_sending())
-    await until(lambda: sent_live >= 3, 10, "the sender to be under way")
+    await eventually_async(lambda: sent_live >= 3, 10, "the sender to be under way")
     stream = open_stream(sms, a, resume_token=resume_from)
     assert sent_live < 30, "the sender finished before the subscriber started: no seam was crossed"
     await sender
     expected = [i for i in ids_of(await xrange_after(redis, resume_from), a)]
     assert len(expected) >= 60
-    await until(lambda: stream.latest() >= key(expected[-1]), 15, "replay and live events")
+    await eventually_async(lambda: stream.latest() >= key(expected[-1]), 15, "replay and live events")
     assert stream.event_ids == expected
     assert not stream.resyncs
     await close_streams(stream)
@@ -399,7 +392,7 @@ async def test_token_older_than_the_retained_log_gets_one_resync(small: Small, r
         assert "older" in first.resync_required.reason
         assert first.resync_required.last_event_id == last
         await send(stub, a, number, "after the resync")
-        await until(lambda: len(stream.events) >= 2, 10, "live events after the resync")
+        await eventually_async(lambda: len(stream.events) >= 2, 10, "live events after the resync")
         assert len(stream.resyncs) == 1
         assert all(key(i) > key(last) for i in stream.event_ids)
         assert stream.event_ids == ids_of(await xrange_after(redis, last, small.stream), a)
@@ -424,12 +417,15 @@ async def test_a_stalled_subscriber_does_not_delay_another(small: Small, redis: 
             msg = await send(stub, a, number, body)
             sent_at = time.monotonic()
             sent += 1
-            await until(functools.partial(has_message, active, msg.id), 5, "the active subscriber's event")
+            # The poll's step adds to each measured delay: keep it fine.
+            await eventually_async(
+                functools.partial(has_message, active, msg.id), 5, "the active subscriber's event", interval=0.02
+            )
             delays.append(time.monotonic() - sent_at)
             if sent >= 300:
                 break
         stalled.reading.set()
-        await until(lambda: bool(stalled.resyncs), 10, "the stalled subscriber's resync")
+        await eventually_async(lambda: bool(stalled.resyncs), 10, "the stalled subscriber's resync")
         resync = stalled.resyncs[0]
         assert resync.reason == "slow consumer"
         delays.sort()
@@ -440,7 +436,7 @@ async def test_a_stalled_subscriber_does_not_delay_another(small: Small, redis: 
         assert delays[int(len(delays) * 0.99) - 1] < 0.5
         # After the resync the stalled one is live again from the point it was told.
         await send(stub, a, number, "after")
-        await until(lambda: stalled.latest() > key(resync.last_event_id), 10, "live events after the resync")
+        await eventually_async(lambda: stalled.latest() > key(resync.last_event_id), 10, "live events after the resync")
         await close_streams(active, stalled)
 
 
@@ -464,7 +460,7 @@ async def test_replicas_share_one_log(
     expected = ids_of(await xrange_after(redis, start), a)
     assert len(expected) == 6  # created + conversation, twice; two status updates
     for stream in (on_a, on_b):
-        await until(caught_up(stream, expected[-1]), 10, "events on both replicas")
+        await eventually_async(caught_up(stream, expected[-1]), 10, "events on both replicas")
         assert stream.event_ids == expected
     await close_streams(on_a, on_b)
 
@@ -507,7 +503,7 @@ async def test_helper_survives_a_killed_server_without_gap_or_duplicate(
             done += 1
 
     writers = asyncio.gather(*(write(w) for w in range(8)))
-    await until(lambda: done >= 150, 60, "a third of the writes")
+    await eventually_async(lambda: done >= 150, 60, "a third of the writes")
     killable.proc.stop(signal.SIGKILL)
     before_kill = len(got)
     await asyncio.to_thread(killable.restart)
@@ -519,7 +515,9 @@ async def test_helper_survives_a_killed_server_without_gap_or_duplicate(
     def events() -> list[str]:
         return [r.event.id for r in got if r.WhichOneof("response") == "event"]
 
-    await until(lambda: bool(events()) and key(events()[-1]) >= key(expected[-1]), 30, "every event after restart")
+    await eventually_async(
+        lambda: bool(events()) and key(events()[-1]) >= key(expected[-1]), 30, "every event after restart"
+    )
     consumer.cancel()
     await asyncio.gather(consumer, return_exceptions=True)
     assert 0 < before_kill < len(expected), "the kill must land mid-stream"
@@ -536,9 +534,9 @@ async def test_cancelled_streams_are_released(killable: Killable) -> None:
         ]
         for s in streams:
             await s.started()
-        await until(lambda: counts(killable.proc)[-1:] == [200], 10, "the log to count 200 subscribers")
+        await eventually_async(lambda: counts(killable.proc)[-1:] == [200], 10, "the log to count 200 subscribers")
         await close_streams(*streams)
-        await until(lambda: counts(killable.proc)[-1:] == [0], 10, "the log to count 0 subscribers")
+        await eventually_async(lambda: counts(killable.proc)[-1:] == [0], 10, "the log to count 0 subscribers")
 
 
 async def test_sigterm_ends_streams_with_unavailable(killable: Killable) -> None:
@@ -549,7 +547,7 @@ async def test_sigterm_ends_streams_with_unavailable(killable: Killable) -> None
             await open_stream(stub, "boss", "admin", all_owners=True).started(),
         ]
         killable.proc.process.send_signal(signal.SIGTERM)
-        await until(lambda: all(s.error is not None for s in streams), 10, "the streams to end")
+        await eventually_async(lambda: all(s.error is not None for s in streams), 10, "the streams to end")
         for s in streams:
             assert s.error is not None
             assert s.error.code() == grpc.StatusCode.UNAVAILABLE
@@ -560,7 +558,7 @@ async def test_sigterm_ends_streams_with_unavailable(killable: Killable) -> None
 
 async def test_idle_subscribers_get_heartbeats(sms: sms_pb2_grpc.SmsServiceAsyncStub, redis: Redis) -> None:
     stream = await open_stream(sms, unique_user()).started()
-    await until(lambda: len(stream.responses) >= 3, 5, "two heartbeats after the first")
+    await eventually_async(lambda: len(stream.responses) >= 3, 5, "two heartbeats after the first")
     assert all(r.WhichOneof("response") == "heartbeat" for r in stream.responses)
     gaps = [b - a for a, b in zip(stream.received_at, stream.received_at[1:], strict=False)]
     assert all(0.7 < g < 1.8 for g in gaps), gaps  # SMS_HEARTBEAT_SECONDS=1
@@ -572,7 +570,7 @@ async def test_losing_redis_ends_in_a_resync_not_a_gap(base_env: dict[str, str])
     a = unique_user()
     with tempfile.TemporaryDirectory(prefix="sms-test-valkey-") as tmp:
         own = start_redis(Path(tmp))
-        proc: Proc | None = None
+        proc: ChildProcess | None = None
         try:
             proc, addr = start_server({**base_env, "REDIS_URL": own.uri})
             async with grpc.aio.insecure_channel(addr) as ch:
@@ -580,14 +578,14 @@ async def test_losing_redis_ends_in_a_resync_not_a_gap(base_env: dict[str, str])
                 stream = await open_stream(stub, a).started()
                 number = unique_number()
                 await send(stub, a, number)
-                await until(lambda: len(stream.events) == 2, 10, "events before the outage")
+                await eventually_async(lambda: len(stream.events) == 2, 10, "events before the outage")
                 own.stop()
                 own = start_redis(Path(tmp), own.port)  # same data (AOF) and port
-                await until(lambda: bool(stream.resyncs), 20, "a resync after Redis came back")
+                await eventually_async(lambda: bool(stream.resyncs), 20, "a resync after Redis came back")
                 assert stream.resyncs[0].reason == "event log was unavailable"
                 assert stream.error is None
                 await send(stub, a, number, "after")
-                await until(lambda: len(stream.events) == 4, 10, "live events after the resync")
+                await eventually_async(lambda: len(stream.events) == 4, 10, "live events after the resync")
                 assert key(stream.event_ids[2]) > key(stream.resyncs[0].last_event_id)
                 await close_streams(stream)
         finally:
@@ -617,17 +615,19 @@ async def test_a_failed_append_elsewhere_reaches_subscribers_as_a_resync(
     assert appended is not None
     gap = [f for _, f in await xrange_after(redis, before) if b"gap" in f]
     assert [f[b"gap"] for f in gap] == [b"1"]
+
+    def resynced_past_the_gap(s: Stream) -> bool:
+        return bool(s.resyncs) and caught_up(s, appended)()
+
     for stream in (live, replaying):
-        await until(
-            lambda s=stream: bool(s.resyncs) and caught_up(s, appended)(),
-            10,  # type: ignore[misc]
-            "a resync, then the event after the gap",
+        await eventually_async(
+            functools.partial(resynced_past_the_gap, stream), 10, "a resync, then the event after the gap"
         )
         assert stream.resyncs[0].reason == "a writer could not append some events"
     await close_streams(live, replaying)
 
     # A subscriber resuming from before the gap later is told too.
     late = await open_stream(sms, user, resume_token=before).started()
-    await until(lambda: caught_up(late, appended)(), 10, "the replay")
+    await eventually_async(lambda: caught_up(late, appended)(), 10, "the replay")
     assert late.resyncs and late.event_ids[-1] == appended
     await close_streams(late)

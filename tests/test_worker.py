@@ -8,9 +8,9 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import grpc
@@ -21,10 +21,11 @@ from redis.asyncio import Redis
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
 from server.embedded import EmbeddedServer, free_port
-from tests.conftest import auth, unique_number, unique_user
-from tests.procs import ROOT, SMS_GATEWAY, Proc, start_http_process, start_server
+from tests.support.identities import auth, unique_number, unique_user
+from tests.support.launch import start_listening, start_server, start_worker
+from tests.support.polling import eventually_async
+from tests.support.processes import ROOT, SMS_GATEWAY, ChildProcess
 
-T = TypeVar("T")
 Doc = dict[str, Any]
 
 ACCOUNT_SID = "AC" + "1" * 32
@@ -36,18 +37,6 @@ FINAL = {"delivered", "undelivered", "failed"}
 SHORT_JOB_TIMEOUT = "2"
 
 
-async def until(check: Callable[[], Awaitable[T | None]], within: float, what: str, step: float = 0.05) -> T:
-    """Polls `check` until it returns something truthy; fails naming `what` at the deadline."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(step)
-    raise AssertionError(f"timed out after {within} s waiting for {what}; last saw {last!r}")
-
-
 class Stack:
     """The processes of one test module and handles on their state."""
 
@@ -57,26 +46,18 @@ class Stack:
         self.db = db
         self.redis = redis
         self.queue = env["SMS_ARQ_QUEUE"]
-        self.worker: Proc | None = None
+        self.worker: ChildProcess | None = None
         self.http: aiohttp.ClientSession | None = None
-        self.procs: list[Proc] = []
+        self.procs: list[ChildProcess] = []
 
     # Processes
 
-    async def start_worker(self, **overrides: str) -> Proc:
+    async def start_worker(self, **overrides: str) -> ChildProcess:
         """Starts `sms-gateway worker` and waits for its arq health check key."""
         assert self.worker is None or not self.worker.alive(), "one worker at a time"
-        await self.redis.delete(self.queue + ":health-check")
-        proc = Proc("worker", [*SMS_GATEWAY, "worker"], {**self.env, **overrides})
+        proc = await start_worker({**self.env, **overrides}, self.redis)
         self.procs.append(proc)
         self.worker = proc
-
-        async def healthy() -> bool:
-            if not proc.alive():
-                raise AssertionError(f"worker exited early:\n{proc.log()[-3000:]}")
-            return bool(await self.redis.exists(self.queue + ":health-check"))
-
-        await until(healthy, 20, "the worker's health check")
         return proc
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> int:
@@ -115,11 +96,13 @@ class Stack:
         return dict(doc)
 
     async def final(self, message_id: str, statuses: set[str], within: float = 20) -> Doc:
-        async def check() -> Doc | None:
-            doc = await self.message(message_id)
-            return doc if doc["status"] in statuses else None
-
-        return await until(check, within, f"message {message_id} to reach {sorted(statuses)}")
+        """The message once its status is one of `statuses`."""
+        return await eventually_async(
+            lambda: self.message(message_id),
+            within,
+            f"message {message_id} to reach {sorted(statuses)}",
+            until=lambda doc: doc["status"] in statuses,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -156,16 +139,16 @@ async def stack(stack_env: dict[str, str], mongo: EmbeddedServer) -> AsyncIterat
     env = stack_env
     sim_host, sim_port = env["SMS_SIMULATOR_ADDR"].split(":")
     bridge_host, bridge_port = env["SMS_BRIDGE_ADDR"].split(":")
-    procs: list[Proc] = []
+    procs: list[ChildProcess] = []
     client: AsyncMongoClient[Doc] = AsyncMongoClient(mongo.uri, tz_aware=True)
     redis = Redis.from_url(env["REDIS_URL"])
     try:
-        procs.append(start_http_process("simulator", "twilio-simulator", env, sim_host, int(sim_port)))
+        procs.append(start_listening("simulator", [*SMS_GATEWAY, "twilio-simulator"], env, sim_host, int(sim_port)))
         server, addr = start_server(env)
         procs.append(server)
         env["SMS_GRPC_TARGET"] = addr
         env["SMS_GRPC_ADDR"] = addr
-        procs.append(start_http_process("bridge", "bridge", env, bridge_host, int(bridge_port)))
+        procs.append(start_listening("bridge", [*SMS_GATEWAY, "bridge"], env, bridge_host, int(bridge_port)))
         s = Stack(env, f"http://{env['SMS_SIMULATOR_ADDR']}", client[env["MONGODB_DB"]], redis)
         s.procs = procs
         async with aiohttp.ClientSession() as http:
@@ -235,7 +218,7 @@ async def test_permanent_error_fails_at_once(stack: Stack, sms: sms_pb2_grpc.Sms
         assert score is None or score <= time.time() * 1000, "a retry was scheduled"
         return score is None
 
-    await until(job_gone, 5, "the job to leave the queue")
+    await eventually_async(job_gone, 5, "the job to leave the queue")
     conv = await sms.GetConversation(
         sms_pb2.GetConversationRequest(conversation_id=doc["conversation_id"]), metadata=auth(user)
     )
@@ -277,11 +260,10 @@ async def test_200_concurrent_sends_from_20_users(stack: Stack, sms: sms_pb2_grp
     assert len(set(ids)) == 200
     numbers = [to for _, to in users]
 
-    async def all_final() -> bool:
-        n = await stack.db.messages.count_documents({"to": {"$in": numbers}, "status": {"$in": sorted(FINAL)}})
-        return bool(n == 200)
+    async def finals() -> int:
+        return int(await stack.db.messages.count_documents({"to": {"$in": numbers}, "status": {"$in": sorted(FINAL)}}))
 
-    await until(all_final, 60, "200 messages to reach a final status", step=0.25)
+    await eventually_async(finals, 60, "200 messages to reach a final status", until=lambda n: n == 200, interval=0.25)
     created = [m for m in await stack.sim_messages() if m["to"] in numbers]
     pairs = Counter((m["to"], m["body"]) for m in created)
     assert len(created) == 200 and max(pairs.values()) == 1
@@ -309,12 +291,13 @@ async def test_queue_stats_move(stack: Stack, sms: sms_pb2_grpc.SmsServiceAsyncS
         await stack.final(message_id, {"sent", "delivered"})
     await stack.final(await send(sms, unique_user(), bad, "stats failure"), {"failed"})
 
-    async def drained() -> sms_pb2.GetQueueStatsResponse | None:
-        # arq removes a finished job a moment after the job's last write.
-        stats = await sms.GetQueueStats(sms_pb2.GetQueueStatsRequest(), metadata=ADMIN)
-        return stats if stats.queue_length == stopped.queue_length else None
-
-    after = await until(drained, 5, "the queue to drain")
+    # arq removes a finished job a moment after the job's last write.
+    after = await eventually_async(
+        lambda: sms.GetQueueStats(sms_pb2.GetQueueStatsRequest(), metadata=ADMIN),
+        5,
+        "the queue to drain",
+        until=lambda stats: stats.queue_length == stopped.queue_length,
+    )
     assert after.queued == stopped.queued and after.in_progress == 0 and after.retrying == 0
     assert after.sent_last_minute >= before.sent_last_minute + 3
     assert after.sent_last_hour >= after.sent_last_minute
@@ -358,7 +341,7 @@ async def test_sigterm_lets_running_sends_finish(stack: Stack, sms: sms_pb2_grpc
             )
         )
 
-    await until(in_flight, 10, "sends in flight")
+    await eventually_async(in_flight, 10, "sends in flight")
     assert stack.stop_worker(signal.SIGTERM) == 0
     # Every send that was running finished: nothing is left in flight without a sid.
     assert await in_flight() == 0
@@ -377,20 +360,21 @@ async def test_sigkill_mid_batch_sends_each_message_once(stack: Stack, sms: sms_
     numbers = [to for _, to in users]
     ids = await asyncio.gather(*[send(sms, user, to, f"batch {user} {i}") for user, to in users for i in range(10)])
 
-    async def some_sent() -> bool:
-        return len([m for m in await stack.sim_messages() if m["to"] in numbers]) >= 20
+    async def reached_twilio() -> int:
+        return len([m for m in await stack.sim_messages() if m["to"] in numbers])
 
-    await until(some_sent, 20, "part of the batch to reach Twilio")
+    await eventually_async(reached_twilio, 20, "part of the batch to reach Twilio", until=lambda n: n >= 20)
     stack.stop_worker(signal.SIGKILL)
     stranded = await stack.db.messages.count_documents({"to": {"$in": numbers}, "in_flight": {"$ne": None}})
     assert stranded > 0, "the kill should leave attempts in flight"
     await stack.start_worker(**short)
 
-    async def all_have_sids() -> bool:
-        n = await stack.db.messages.count_documents({"to": {"$in": numbers}, "twilio_sid": {"$type": "string"}})
-        return bool(n == len(ids))
+    async def with_sids() -> int:
+        return int(await stack.db.messages.count_documents({"to": {"$in": numbers}, "twilio_sid": {"$type": "string"}}))
 
-    await until(all_have_sids, 45, "every message of the batch to have a sid", step=0.25)
+    await eventually_async(
+        with_sids, 45, "every message of the batch to have a sid", until=lambda n: n == len(ids), interval=0.25
+    )
     created = [m for m in await stack.sim_messages() if m["to"] in numbers]
     pairs = Counter((m["to"], m["body"]) for m in created)
     assert len(created) == 100 and max(pairs.values()) == 1
@@ -466,11 +450,11 @@ async def test_reconciler_and_periodic_sync(stack: Stack, sms: sms_pb2_grpc.SmsS
     conv = await stack.db.conversations.find_one({"_id": stored["conversation_id"]})
     assert conv["message_count"] == 1
 
-    async def synced() -> Doc | None:
-        found = await stack.db.messages.find_one({"twilio_sid": injected["sid"]})
-        return None if found is None else dict(found)
-
-    inbound = await until(synced, 15, "the periodic sync to store the missed inbound")
+    inbound = await eventually_async(
+        lambda: stack.db.messages.find_one({"twilio_sid": injected["sid"]}),
+        15,
+        "the periodic sync to store the missed inbound",
+    )
     assert inbound["body"] == "synced later" and inbound["direction"] == "inbound"
     stack.stop_worker()
     await stack.start_worker()

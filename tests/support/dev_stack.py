@@ -1,4 +1,4 @@
-"""`sms-gateway dev` as a test fixture: the whole stack on free ports with a throwaway data dir."""
+"""`sms-gateway dev` as a test fixture: the whole stack on free ports with a throwaway data dir, and its simulator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 import signal
 import tempfile
-import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,22 +15,14 @@ from typing import Any
 
 from server.config import without_settings
 from server.embedded import free_port
-from tests.procs import SMS_GATEWAY, Proc
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
+from tests.support.polling import eventually
+from tests.support.processes import SMS_GATEWAY, ChildProcess
 
 
 class DevStack:
     """A running `sms-gateway dev`; `info` is its dev.json."""
 
-    def __init__(self, proc: Proc, data_dir: Path, info: dict[str, Any]) -> None:
+    def __init__(self, proc: ChildProcess, data_dir: Path, info: dict[str, Any]) -> None:
         self.proc = proc
         self.data_dir = data_dir
         self.info = info
@@ -74,18 +66,17 @@ class DevStack:
         return self.info
 
     def wait_for(self, condition: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
-        """Re-reads dev.json until `condition(info)` holds; raises with the log tail when time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.proc.alive():
-                raise RuntimeError(f"sms-gateway dev exited ({self.proc.process.returncode}):\n{self.log()[-4000:]}")
-            try:
-                if condition(self.reload()):
-                    return self.info
-            except (OSError, ValueError):
-                pass  # between a restart's rewrite and our read
-            time.sleep(0.1)
-        raise TimeoutError(f"dev.json condition not met within {timeout} s:\n{self.log()[-4000:]}")
+        """Re-reads dev.json until `condition(info)` holds; fails with the log's tail when time runs out."""
+
+        def probe() -> dict[str, Any]:
+            self.proc.check_alive()
+            return self.reload()
+
+        with self.proc.log_on_error():
+            # OSError, ValueError: a read between a restart's rewrite and the file being back.
+            return eventually(
+                probe, timeout, "a dev.json condition", until=condition, interval=0.1, ignoring=(OSError, ValueError)
+            )
 
     def log(self) -> str:
         """Everything the stack printed so far."""
@@ -111,23 +102,19 @@ def start_dev_stack(
         NO_COLOR="1",
     )
     full_env.update(env or {})
-    proc = Proc("dev", [*SMS_GATEWAY, "dev"], full_env)
+    proc = ChildProcess("dev", [*SMS_GATEWAY, "dev"], full_env)
     info_path = data_dir / "dev.json"
-    deadline = time.monotonic() + timeout
-    while True:
-        if not proc.alive():
-            code = proc.stop()
-            raise RuntimeError(f"sms-gateway dev exited with {code} before it was up:\n{proc.log()[-6000:]}")
-        if info_path.exists():
-            try:
-                info = json.loads(info_path.read_text())
-                break
-            except ValueError:
-                pass  # written atomically, so only a foreign file could be half-written
-        if time.monotonic() > deadline:
-            proc.stop()
-            raise TimeoutError(f"sms-gateway dev not up within {timeout} s:\n{proc.log()[-6000:]}")
-        time.sleep(0.1)
+
+    def written() -> dict[str, Any]:
+        proc.check_alive()
+        info: dict[str, Any] = json.loads(info_path.read_text())
+        return info
+
+    with proc.log_on_error(stop=True):
+        # Written atomically once everything is healthy: a ValueError would be a foreign, half-written file.
+        info = eventually(
+            written, timeout, "sms-gateway dev to write dev.json", interval=0.1, ignoring=(OSError, ValueError)
+        )
     return DevStack(proc, data_dir, info)
 
 
@@ -144,3 +131,30 @@ def dev_stack(
         stack.stop()
         if own_dir:
             shutil.rmtree(stack.data_dir, ignore_errors=True)
+
+
+# The Twilio simulator's control API ---------------------------------------------------------------------
+def sim_request(stack: DevStack, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+    """One JSON call to the simulator's control API."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"{stack.simulator_url}{path}", data=data, method=method, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def inject_inbound(stack: DevStack, sender: str, body: str, timeout: float = 30.0) -> dict[str, Any]:
+    """A contact texts our number: the simulator posts the signed inbound webhook; returns once it is answered."""
+    to = stack.info["twilio"]["from_number"]
+    result: dict[str, Any] = sim_request(
+        stack, "POST", "/_sim/inbound", {"from": sender, "to": to, "body": body}, timeout
+    )
+    assert result["status"] == 200, f"the bridge did not take the inbound message: {result}"
+    return result
+
+
+def patch_rules(stack: DevStack, rules: dict[str, Any]) -> None:
+    """Merges the top-level keys of `rules` into the simulator's rules in force."""
+    sim_request(stack, "PATCH", "/_sim/rules", rules)

@@ -1,4 +1,4 @@
-"""Headless Chromium (Debian's) driven by Playwright, for the web inbox tests, plus the stack helpers they share.
+"""Headless Chromium (Debian's) driven by Playwright, for the web inbox tests.
 
 Never `playwright install`: the system Chromium is used through `executable_path`. Without Chromium the
 browser tests skip, unless SMS_REQUIRE_BROWSER=1 (CI) makes that a failure.
@@ -6,20 +6,14 @@ browser tests skip, unless SMS_REQUIRE_BROWSER=1 (CI) makes that a failure.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
-import urllib.request
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.devstack import DevStack
+from tests.support.processes import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 # The machine has no internet: without these Chromium keeps trying to reach Google's services.
@@ -79,44 +73,6 @@ def screenshot(page: Any, name: str) -> None:
     page.screenshot(path=str(path), type="png", animations="disabled", caret="hide")
     size = path.stat().st_size
     assert size < 300_000, f"{path} is {size} bytes; keep screenshots under 300 KB"
-
-
-# The Twilio simulator's control API ---------------------------------------------------------------------
-def sim_request(stack: DevStack, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-    """One JSON call to the simulator's control API."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        f"{stack.simulator_url}{path}", data=data, method=method, headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
-
-
-def inject_inbound(stack: DevStack, sender: str, body: str, timeout: float = 30.0) -> dict[str, Any]:
-    """A contact texts our number: the simulator posts the signed inbound webhook; returns once it is answered."""
-    to = stack.info["twilio"]["from_number"]
-    result: dict[str, Any] = sim_request(
-        stack, "POST", "/_sim/inbound", {"from": sender, "to": to, "body": body}, timeout
-    )
-    assert result["status"] == 200, f"the bridge did not take the inbound message: {result}"
-    return result
-
-
-def patch_rules(stack: DevStack, rules: dict[str, Any]) -> None:
-    sim_request(stack, "PATCH", "/_sim/rules", rules)
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Polls `condition()` until it returns something truthy (returned); fails naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # In-page probes -----------------------------------------------------------------------------------------
