@@ -20,13 +20,12 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
+from server.documents import Fields
 from server.embedded import EmbeddedServer, free_port
 from tests.support.identities import auth, unique_number, unique_user
 from tests.support.launch import start_listening, start_server, start_worker
 from tests.support.polling import eventually_async
 from tests.support.processes import ROOT, SMS_GATEWAY, ChildProcess
-
-Doc = dict[str, Any]
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "worker-test-token"
@@ -77,25 +76,25 @@ class Stack:
     async def set_rules(self, **rules: Any) -> None:
         await self.sim("PUT", "/_sim/rules", json=rules)
 
-    async def sim_messages(self, to: str | None = None) -> list[Doc]:
+    async def sim_messages(self, to: str | None = None) -> list[Fields]:
         params = {"direction": "outbound-api", **({"to": to} if to else {})}
         data = await self.sim("GET", "/_sim/messages", **params)
         return list(data["messages"])
 
-    async def creates_to(self, to: str) -> list[Doc]:
+    async def creates_to(self, to: str) -> list[Fields]:
         data = await self.sim("GET", "/_sim/creates")
         return [c for c in data["creates"] if c["params"].get("To") == to]
 
     # Our state
 
-    async def message(self, message_id: str) -> Doc:
+    async def message(self, message_id: str) -> Fields:
         from bson import ObjectId
 
         doc = await self.db.messages.find_one({"_id": ObjectId(message_id)})
         assert doc is not None
         return dict(doc)
 
-    async def final(self, message_id: str, statuses: set[str], within: float = 20) -> Doc:
+    async def final(self, message_id: str, statuses: set[str], within: float = 20) -> Fields:
         """The message once its status is one of `statuses`."""
         return await eventually_async(
             lambda: self.message(message_id),
@@ -140,7 +139,7 @@ async def stack(stack_env: dict[str, str], mongo: EmbeddedServer) -> AsyncIterat
     sim_host, sim_port = env["SMS_SIMULATOR_ADDR"].split(":")
     bridge_host, bridge_port = env["SMS_BRIDGE_ADDR"].split(":")
     procs: list[ChildProcess] = []
-    client: AsyncMongoClient[Doc] = AsyncMongoClient(mongo.uri, tz_aware=True)
+    client: AsyncMongoClient[Fields] = AsyncMongoClient(mongo.uri, tz_aware=True)
     redis = Redis.from_url(env["REDIS_URL"])
     try:
         procs.append(start_listening("simulator", [*SMS_GATEWAY, "twilio-simulator"], env, sim_host, int(sim_port)))
