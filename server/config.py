@@ -62,6 +62,17 @@ def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tu
     return values
 
 
+def _countries(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """ISO 3166 region codes, comma-separated; "*" allows every country."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    codes = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+    if codes != ("*",) and not all(len(c) == 2 and c.isalpha() for c in codes):
+        raise ConfigError(f"{name} must be comma-separated two-letter country codes (e.g. US,CA) or *")
+    return codes
+
+
 SETTING_PREFIXES = ("SMS_", "TWILIO_", "MONGODB_", "REDIS_")
 
 
@@ -91,6 +102,9 @@ class Config:
     # gRPC server.
     grpc_addr: str = "127.0.0.1:50051"
     jwt_secret: str = field(default="", repr=False)
+    # Signs the webhook bridge's `ingest` tokens only: a bridge holding it cannot mint user or admin tokens.
+    ingest_secret: str = field(default="", repr=False)
+    jwt_max_ttl_seconds: int = 30 * 24 * 3600
     default_region: str = "US"
     default_owner: str = "admin"
     drain_seconds: float = 10.0
@@ -100,6 +114,14 @@ class Config:
     event_retention: int = 100_000
     heartbeat_seconds: float = 15.0
     subscriber_queue_size: int = 1_000
+    subscriber_queue_bytes: int = 8 * 1024 * 1024
+
+    # Limits per user and the toll-fraud guard.
+    max_streams_per_user: int = 20
+    send_rate_per_user: float = 20.0
+    send_burst_per_user: int = 100
+    allowed_countries: tuple[str, ...] = ("US", "CA")
+    allow_premium_numbers: bool = False
 
     # Queue and worker.
     arq_queue: str = "arq:queue"
@@ -113,6 +135,9 @@ class Config:
     reconcile_interval_seconds: float = 15.0
     # The safety net for webhooks that never arrived (inbound Twilio gave up on, callbacks lost).
     sync_interval_seconds: float = 300.0
+    # Each sync run (periodic or SyncFromTwilio) stops after this many list pages or seconds and says so.
+    sync_max_pages: int = 50
+    sync_deadline_seconds: float = 60.0
     health_check_interval_seconds: int = 5
 
     # Twilio.
@@ -129,6 +154,9 @@ class Config:
     grpc_target: str = "127.0.0.1:50051"
     webhook_verify: bool = True
     bridge_deadline_seconds: float = 5.0
+    # Slow clients: a post must arrive whole within this time; at most this many connections at once.
+    bridge_read_timeout_seconds: float = 10.0
+    bridge_max_connections: int = 1_000
 
     # Twilio simulator (dev and test tool).
     simulator_addr: str = "127.0.0.1:8089"
@@ -140,6 +168,8 @@ class Config:
     # (default: the checkout's build, clients/web/dist under the working directory, when there is one).
     web_addr: str = "127.0.0.1:8080"
     web_dist: Path = Path("clients/web/dist")
+    # Origins allowed to call the API from a browser (CORS); empty: only the web address itself.
+    web_origins: tuple[str, ...] = ()
 
     @property
     def our_number(self) -> str:
@@ -158,6 +188,8 @@ class Config:
             data_dir=Path(e.get("SMS_DATA_DIR") or ".data"),
             grpc_addr=grpc_addr,
             jwt_secret=e.get("SMS_JWT_SECRET", ""),
+            ingest_secret=e.get("SMS_INGEST_SECRET", ""),
+            jwt_max_ttl_seconds=_int(e, "SMS_JWT_MAX_TTL_SECONDS", cls.jwt_max_ttl_seconds, minimum=60),
             default_region=(e.get("SMS_DEFAULT_REGION") or cls.default_region).upper(),
             default_owner=e.get("SMS_DEFAULT_OWNER") or cls.default_owner,
             drain_seconds=_float(e, "SMS_DRAIN_SECONDS", cls.drain_seconds),
@@ -165,6 +197,12 @@ class Config:
             event_retention=_int(e, "SMS_EVENT_RETENTION", cls.event_retention, minimum=1),
             heartbeat_seconds=_float(e, "SMS_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
             subscriber_queue_size=_int(e, "SMS_SUBSCRIBER_QUEUE_SIZE", cls.subscriber_queue_size, minimum=1),
+            subscriber_queue_bytes=_int(e, "SMS_SUBSCRIBER_QUEUE_BYTES", cls.subscriber_queue_bytes, minimum=64 * 1024),
+            max_streams_per_user=_int(e, "SMS_MAX_STREAMS_PER_USER", cls.max_streams_per_user, minimum=1),
+            send_rate_per_user=_float(e, "SMS_SEND_RATE_PER_USER", cls.send_rate_per_user),
+            send_burst_per_user=_int(e, "SMS_SEND_BURST_PER_USER", cls.send_burst_per_user, minimum=1),
+            allowed_countries=_countries(e, "SMS_ALLOWED_COUNTRIES", cls.allowed_countries),
+            allow_premium_numbers=_bool(e, "SMS_ALLOW_PREMIUM_NUMBERS", cls.allow_premium_numbers),
             arq_queue=e.get("SMS_ARQ_QUEUE") or cls.arq_queue,
             send_concurrency=_int(e, "SMS_SEND_CONCURRENCY", cls.send_concurrency, minimum=1),
             twilio_max_concurrency=_int(e, "TWILIO_MAX_CONCURRENCY", cls.twilio_max_concurrency, minimum=1),
@@ -175,6 +213,8 @@ class Config:
             reconcile_age_seconds=_float(e, "SMS_RECONCILE_AGE_SECONDS", cls.reconcile_age_seconds),
             reconcile_interval_seconds=_float(e, "SMS_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds),
             sync_interval_seconds=_float(e, "SMS_SYNC_INTERVAL_SECONDS", cls.sync_interval_seconds),
+            sync_max_pages=_int(e, "SMS_SYNC_MAX_PAGES", cls.sync_max_pages, minimum=1),
+            sync_deadline_seconds=_float(e, "SMS_SYNC_DEADLINE_SECONDS", cls.sync_deadline_seconds),
             health_check_interval_seconds=_int(
                 e, "SMS_HEALTH_CHECK_INTERVAL_SECONDS", cls.health_check_interval_seconds, minimum=1
             ),
@@ -188,11 +228,14 @@ class Config:
             grpc_target=e.get("SMS_GRPC_TARGET") or grpc_addr,
             webhook_verify=_bool(e, "SMS_WEBHOOK_VERIFY", cls.webhook_verify),
             bridge_deadline_seconds=_float(e, "SMS_BRIDGE_DEADLINE_SECONDS", cls.bridge_deadline_seconds),
+            bridge_read_timeout_seconds=_float(e, "SMS_BRIDGE_READ_TIMEOUT_SECONDS", cls.bridge_read_timeout_seconds),
+            bridge_max_connections=_int(e, "SMS_BRIDGE_MAX_CONNECTIONS", cls.bridge_max_connections, minimum=1),
             simulator_addr=e.get("SMS_SIMULATOR_ADDR") or cls.simulator_addr,
             simulator_rules=e.get("SMS_SIMULATOR_RULES", ""),
             simulator_inbound_url=e.get("SMS_SIMULATOR_INBOUND_URL", ""),
             web_addr=e.get("SMS_WEB_ADDR") or cls.web_addr,
             web_dist=Path(e.get("SMS_WEB_DIST") or cls.web_dist),
+            web_origins=tuple(o.strip().rstrip("/") for o in e.get("SMS_WEB_ORIGINS", "").split(",") if o.strip()),
         )
 
     def missing(self, *names: str) -> list[str]:
@@ -216,6 +259,7 @@ TWILIO_SETTINGS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBE
 
 _ENV_TO_FIELD = {
     "SMS_JWT_SECRET": "jwt_secret",
+    "SMS_INGEST_SECRET": "ingest_secret",
     "MONGODB_URI": "mongodb_uri",
     "REDIS_URL": "redis_url",
     "TWILIO_ACCOUNT_SID": "twilio_account_sid",

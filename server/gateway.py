@@ -79,6 +79,11 @@ def _page(kind: str, docs: list[D], limit: int, position: Callable[[D], tuple[da
     return page, paging.encode_token(kind, *position(page[-1]))
 
 
+def _in_history(doc: MessageDoc, status: str) -> bool:
+    """Whether `status` was already recorded for the message: a repeat, which moves nothing."""
+    return any(h["status"] == status for h in doc.get("status_history", []))
+
+
 @dataclass(frozen=True)
 class SendInput:
     """What a caller asked Send to do, validated and normalised."""
@@ -381,13 +386,13 @@ class Gateway:
 
         A status already in the history is a duplicate and changes nothing. `set_fields` are written
         with the change whether or not it moves the status (the worker's sid, price, segments).
-        Twilio's 21610 (the contact replied STOP) opts the conversation out, also on a repeat, so a change
-        whose opt-out was lost to a crash is completed by Twilio's retry.
+        Twilio's 21610 (the contact replied STOP) opts the conversation out before the change is written, so
+        a crash in between is completed by Twilio's retry; a repeat (already in the history) does not opt out
+        again, since the contact may have texted START since.
         """
-        doc, applied = await self._write_status(doc, new, at, error_code, error_message, set_fields)
-        if error_code == UNSUBSCRIBED_CODE:
+        if error_code == UNSUBSCRIBED_CODE and not _in_history(doc, new):
             await self.opt_out(doc["conversation_id"])
-        return doc, applied
+        return await self._write_status(doc, new, at, error_code, error_message, set_fields)
 
     async def _write_status(
         self,
@@ -400,7 +405,7 @@ class Gateway:
     ) -> tuple[MessageDoc, bool]:
         for _ in range(_STATUS_RETRIES):
             # A status already in the history is a repeat: it moves nothing and is not recorded again.
-            repeat = any(h["status"] == new for h in doc.get("status_history", []))
+            repeat = _in_history(doc, new)
             if repeat and not set_fields:
                 return doc, False
             current = doc["status"]

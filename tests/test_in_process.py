@@ -3,6 +3,7 @@ arq's Worker in burst mode. The same rules are also tested end to end over real 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from server.reasons import Reason
 from server.timeutil import now
 from server.worker.reconcile import reconcile_once
 from tests.support.identities import auth, unique_number, unique_user
-from tests.support.in_process import House, house_env, running_house
+from tests.support.in_process import FROM_NUMBER, House, house_env, running_house
 from tests.support.polling import eventually_async
 
 SERVICE = auth("bridge", "service")
@@ -152,3 +153,24 @@ async def test_status_moves_only_forward(house: House) -> None:
             assert resp.applied is moved, status
     doc = await stored(house, msg.id)
     assert doc["status"] == "read"
+
+
+async def test_a_repeated_21610_callback_does_not_opt_out_again_after_start(house: House) -> None:
+    to = unique_number()
+    msg = await send(house, unique_user(), to, "will bounce once")
+    await house.work()
+    sid = (await stored(house, msg.id))["twilio_sid"]
+    bounce = ingest_pb2.RecordStatusRequest(message_sid=sid, message_status="failed", error_code=21610)
+    await house.ingest.RecordStatus(bounce, metadata=SERVICE)
+    await house.ingest.RecordInbound(
+        ingest_pb2.RecordInboundRequest(
+            message_sid="SM" + uuid.uuid4().hex, from_number=to, to_number=FROM_NUMBER, body="START"
+        ),
+        metadata=SERVICE,
+    )
+    conv = await house.res.store.get_conversation(msg.conversation_id)
+    assert conv is not None and conv["opted_out"] is False
+    # Twilio retries the same callback: it is a repeat and must not undo the START.
+    await house.ingest.RecordStatus(bounce, metadata=SERVICE)
+    conv = await house.res.store.get_conversation(msg.conversation_id)
+    assert conv is not None and conv["opted_out"] is False
