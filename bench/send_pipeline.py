@@ -41,11 +41,13 @@ from server.events import EventLog
 from server.gateway import Gateway, validate_send
 from server.store import Store
 from server.worker.queue import SendQueue
+from tests.support.identities import bridge_env
 from tests.support.launch import start_listening, start_server, start_worker
 from tests.support.polling import eventually_async
 from tests.support.processes import SMS_GATEWAY, ChildProcess
 
 SECRET = "bench-secret-0123456789-0123456789"
+INGEST_SECRET = "bench-ingest-secret-0123456789-0123456789"
 ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "bench-token"
 FROM_NUMBER = "+15005550006"
@@ -105,6 +107,7 @@ async def bench(
         MONGODB_DB="bench",
         REDIS_URL=redis_server.uri,
         SMS_JWT_SECRET=SECRET,
+        SMS_INGEST_SECRET=INGEST_SECRET,
         TWILIO_ACCOUNT_SID=ACCOUNT_SID,
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
         TWILIO_FROM_NUMBER=FROM_NUMBER,
@@ -116,6 +119,8 @@ async def bench(
         SMS_SIMULATOR_RULES=json.dumps({"latency_ms": args.latency_ms}),
         SMS_ARQ_QUEUE="bench:send",
         SMS_DRAIN_SECONDS="2",
+        # The bench measures the pipeline, not the per-user send limit.
+        SMS_SEND_RATE_PER_USER="0",
     )
     mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
     redis = Redis.from_url(redis_server.uri)
@@ -138,7 +143,9 @@ async def bench(
         children.append(server)
         bridge_args = [*SMS_GATEWAY, "bridge"]
         children.append(
-            await asyncio.to_thread(start_listening, "bridge", bridge_args, env, "127.0.0.1", bridge_port, log_dir=logs)
+            await asyncio.to_thread(
+                start_listening, "bridge", bridge_args, bridge_env(env), "127.0.0.1", bridge_port, log_dir=logs
+            )
         )
         worker = await start_worker(env, redis, within=60, log_dir=logs)
         children.append(worker)

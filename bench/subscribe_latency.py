@@ -178,6 +178,9 @@ def start_stack() -> Stack:
             TWILIO_FROM_NUMBER="+15005550006",
             SMS_HEARTBEAT_SECONDS="15",
             MONGODB_DB=f"bench_{os.getpid()}",
+            # The bench opens many streams per user and sends as fast as it can: no per-user limits.
+            SMS_MAX_STREAMS_PER_USER="100000",
+            SMS_SEND_RATE_PER_USER="0",
         )
         server, target = start_server(env, within=60, log_dir=tmp)
         cleanup.callback(server.stop, timeout=20)

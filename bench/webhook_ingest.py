@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 from server.auth import mint_token
 from server.config import without_settings
 from server.embedded import free_port, start_mongo, start_redis
+from tests.support.identities import bridge_env
 from tests.support.launch import start_grpc, start_listening, start_server
 from tests.support.processes import SMS_GATEWAY, ChildProcess
 from webhook_bridge.forms import inbound_request, parse_form, status_request
@@ -47,6 +48,7 @@ from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdic
 
 AUTH_TOKEN = "bench-auth-token"
 JWT_SECRET = "bench-jwt-secret-of-at-least-32-bytes"
+INGEST_SECRET = "bench-ingest-secret-of-at-least-32-bytes"
 PUBLIC_BASE = "https://sms.bench.test"
 OUR_NUMBER = "+15005550006"
 THIS_SCRIPT = [sys.executable, str(Path(__file__).resolve())]  # re-run as the baseline or the no-op ingest server
@@ -366,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             MONGODB_DB="sms_bench",
             REDIS_URL=redis.uri,
             SMS_JWT_SECRET=JWT_SECRET,
+            SMS_INGEST_SECRET=INGEST_SECRET,
             TWILIO_FROM_NUMBER=OUR_NUMBER,
             SMS_GRPC_TARGET=target,
             SMS_BRIDGE_ADDR=f"127.0.0.1:{bridge_port}",
@@ -375,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         server, _ = start_server(env, grpc_port, within=60, log_dir=tmp)
         stopped_with(stack, server)
         bridge_args = [*SMS_GATEWAY, "bridge"]
-        bridge = stopped_with(stack, start_listening("bridge", bridge_args, env, "127.0.0.1", bridge_port, log_dir=tmp))
+        bridge = stopped_with(
+            stack, start_listening("bridge", bridge_args, bridge_env(env), "127.0.0.1", bridge_port, log_dir=tmp)
+        )
         baseline_args = [*THIS_SCRIPT, "--serve-baseline", str(base_port)]
         baseline = stopped_with(
             stack, start_listening("baseline", baseline_args, env, "127.0.0.1", base_port, log_dir=tmp)
@@ -436,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack, start_grpc("noop-ingest", noop_args, env, f"127.0.0.1:{noop_port}", within=60, log_dir=tmp)
             )
             noop_env = {
-                **env,
+                **bridge_env(env),
                 "SMS_GRPC_TARGET": f"127.0.0.1:{noop_port}",
                 "SMS_BRIDGE_ADDR": f"127.0.0.1:{noop_bridge_port}",
             }

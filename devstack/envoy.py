@@ -1,4 +1,5 @@
-"""Renders the Envoy config of the local stack: grpc-web to the gRPC server and the web UI's static files."""
+"""Renders the Envoy config of the local stack: grpc-web to the gRPC server and the web UI's static files, with the
+browser-facing policy (security headers, CORS origins) they are served under."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import json
 import mimetypes
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from server.config import split_addr
 
@@ -45,6 +47,34 @@ CONTENT_TYPES = {
 # Vite puts content-hashed files under assets/: they never change under the same name.
 IMMUTABLE_PREFIX = "assets/"
 
+# What a browser may do with the UI: run its own bundle and talk to this origin only. The signed-in UI holds a
+# bearer token, so no inline or foreign script, no call to another host, no framing by another site.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        # The built stylesheet only; the composer sizes itself through element.style (CSSOM), which CSP allows.
+        "style-src 'self'",
+        # The favicon is a data: URL in index.html.
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        # Forms are handled in script; one that slipped through must not navigate anywhere with what was typed.
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+# On every answer of the web listener: the UI's files, grpc-web, the 404 and the "not built" note.
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    # Attachment links and the like open other sites: they learn nothing of the inbox's URLs.
+    "referrer-policy": "no-referrer",
+}
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 def missing_ui_note(dist: Path) -> str:
     """What Envoy answers on every UI path while `dist` does not exist."""
@@ -67,6 +97,43 @@ class EnvoyPorts:
     web_addr: str
     grpc_addr: str
     admin_port: int
+
+
+def normalize_origin(origin: str) -> str:
+    """`origin` as a browser sends it in `Origin` (scheme://host[:port], lower case, no default port).
+
+    Raises ValueError when it is not an origin: Envoy would treat a pattern like "*" as "any origin".
+    """
+    problem = f"{origin!r} is not an origin: scheme://host[:port], e.g. https://inbox.example.com"
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.username is not None:
+        raise ValueError(problem)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "*" in parts.netloc:
+        raise ValueError(problem)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(problem) from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[parts.scheme]) else f":{port}")
+
+
+def origin_problems(origins: Iterable[str]) -> list[str]:
+    """Why entries of SMS_WEB_ORIGINS are not origins (empty when they all are); checked before the stack starts."""
+    problems = []
+    for origin in origins:
+        try:
+            normalize_origin(origin)
+        except ValueError as exc:
+            problems.append(f"SMS_WEB_ORIGINS: {exc}")
+    return problems
+
+
+def allowed_origins(web_addr: str, configured: Iterable[str]) -> list[str]:
+    """The origins that may call the API from a browser: the web address's own, then the configured ones, each once."""
+    host, port = split_addr(web_addr)
+    own = normalize_origin(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+    return list(dict.fromkeys([own, *(normalize_origin(o) for o in configured)]))
 
 
 def _as_ip(host: str) -> str:
@@ -131,8 +198,12 @@ def static_routes(dist: Path) -> tuple[list[dict[str, Any]], int]:
     return routes, largest
 
 
-def render(ports: EnvoyPorts, out: Path, dist: Path) -> Path:
-    """Writes the Envoy config for `ports` and the files in `dist` to `out` (atomically); returns `out`."""
+def render(ports: EnvoyPorts, out: Path, dist: Path, web_origins: Iterable[str] = ()) -> Path:
+    """Writes the Envoy config for `ports` and the files in `dist` to `out` (atomically); returns `out`.
+
+    `web_origins` (SMS_WEB_ORIGINS) may call the API from a browser besides the web address itself.
+    """
+    origins = allowed_origins(ports.web_addr, web_origins)
     web_host, web_port = split_addr(ports.web_addr)
     # A listener needs an IP address; SMS_WEB_ADDR=localhost:8080 is a fair thing to write.
     web_host = _as_ip(web_host)
@@ -155,6 +226,9 @@ def render(ports: EnvoyPorts, out: Path, dist: Path) -> Path:
         grpc_cluster_type=cluster_type,
         max_body_bytes=max(largest, 4096),
         static_routes=rendered_routes,
+        security_headers=json.dumps([_header(key, value) for key, value in SECURITY_HEADERS.items()]),
+        # Exact matches only: a pattern could let in more than was configured.
+        allowed_origins=json.dumps([{"exact": origin} for origin in origins]),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.envoy import EnvoyPorts, dist_fingerprint, envoy_command, render
+from devstack.envoy import EnvoyPorts, dist_fingerprint, envoy_command, origin_problems, render
 from devstack.probes import forget_worker_heartbeat, grpc_check, http_check, redis_check, tcp_check, worker_check
 from devstack.supervisor import Child, ChildSpec, Console, StackFailed, StopRequested, Supervisor
 from server.auth import mint_token
@@ -42,6 +42,8 @@ class Settings:
     bridge_addr: str
     simulator_addr: str
     web_addr: str
+    # SMS_WEB_ORIGINS: besides the web address itself, the origins whose pages may call the API (CORS).
+    web_origins: tuple[str, ...]
     admin_port: int
     mongo_port: int | None
     redis_port: int | None
@@ -49,6 +51,8 @@ class Settings:
     mongodb_db: str
     redis_url: str
     jwt_secret: str = field(repr=False)
+    # Signs only the bridge's `ingest` tokens; the bridge gets this and not jwt_secret.
+    ingest_secret: str = field(repr=False)
     simulated_twilio: bool
     twilio_account_sid: str
     twilio_auth_token: str = field(repr=False)
@@ -81,6 +85,7 @@ def load_secrets(data_dir: Path) -> dict[str, str]:
                 stored = {str(k): str(v) for k, v in loaded.items()}
     wanted: dict[str, Callable[[], str]] = {
         "jwt_secret": lambda: secrets.token_urlsafe(48),
+        "ingest_secret": lambda: secrets.token_urlsafe(48),
         "twilio_account_sid": lambda: "AC" + secrets.token_hex(16),
         "twilio_auth_token": lambda: secrets.token_hex(16),
     }
@@ -121,6 +126,7 @@ def decide(cfg: Config, env: dict[str, str]) -> Settings:
         bridge_addr=cfg.bridge_addr,
         simulator_addr=cfg.simulator_addr,
         web_addr=cfg.web_addr,
+        web_origins=cfg.web_origins,
         admin_port=free_port(),
         mongo_port=mongo_port,
         redis_port=redis_port,
@@ -128,6 +134,7 @@ def decide(cfg: Config, env: dict[str, str]) -> Settings:
         mongodb_db=cfg.mongodb_db,
         redis_url=cfg.redis_url or f"redis://127.0.0.1:{redis_port}/0",
         jwt_secret=cfg.jwt_secret or stored["jwt_secret"],
+        ingest_secret=cfg.ingest_secret or stored["ingest_secret"],
         simulated_twilio=simulated,
         twilio_account_sid=stored["twilio_account_sid"] if simulated else cfg.twilio_account_sid,
         twilio_auth_token=stored["twilio_auth_token"] if simulated else cfg.twilio_auth_token,
@@ -148,6 +155,7 @@ def child_env(s: Settings, env: dict[str, str]) -> dict[str, str]:
         MONGODB_DB=s.mongodb_db,
         REDIS_URL=s.redis_url,
         SMS_JWT_SECRET=s.jwt_secret,
+        SMS_INGEST_SECRET=s.ingest_secret,
         TWILIO_ACCOUNT_SID=s.twilio_account_sid,
         TWILIO_AUTH_TOKEN=s.twilio_auth_token,
         TWILIO_FROM_NUMBER=s.twilio_from_number,
@@ -208,10 +216,13 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
             prepare=lambda: forget_worker_heartbeat(s.redis_url, cfg.arq_queue),
         )
     )
-    specs.append(ChildSpec("bridge", [*SMS_GATEWAY, "bridge"], cenv, http_check(_url(s.bridge_addr) + "/healthz")))
+    # The bridge holds only its ingest key: taken over, it could not mint user or admin tokens.
+    bridge_env = {k: v for k, v in cenv.items() if k != "SMS_JWT_SECRET"}
+    bridge_check = http_check(_url(s.bridge_addr) + "/healthz")
+    specs.append(ChildSpec("bridge", [*SMS_GATEWAY, "bridge"], bridge_env, bridge_check))
 
     def render_envoy() -> None:
-        render(EnvoyPorts(s.web_addr, s.grpc_addr, s.admin_port), s.envoy_config, s.web_dist)
+        render(EnvoyPorts(s.web_addr, s.grpc_addr, s.admin_port), s.envoy_config, s.web_dist, s.web_origins)
 
     if not s.web_dist.is_dir():
         console.say(
@@ -310,7 +321,7 @@ def _port_in_use(addr: str) -> bool:
 
 
 def preflight(s: Settings) -> list[str]:
-    """Problems that would only surface later as a crash loop: ports already taken."""
+    """Problems that would only surface later as a crash loop: ports already taken, SMS_WEB_ORIGINS not origins."""
     addrs = [("SMS_GRPC_ADDR", s.grpc_addr), ("SMS_BRIDGE_ADDR", s.bridge_addr), ("SMS_WEB_ADDR", s.web_addr)]
     if s.simulated_twilio:
         addrs.append(("SMS_SIMULATOR_ADDR", s.simulator_addr))
@@ -322,6 +333,7 @@ def preflight(s: Settings) -> list[str]:
         seen[addr] = name
         if _port_in_use(addr):
             problems.append(f"{addr} ({name}) is already in use: another stack running? set {name} to a free port")
+    problems.extend(origin_problems(s.web_origins))
     return problems
 
 
@@ -331,6 +343,8 @@ def run(cfg: Config) -> int:
     env = dict(os.environ)
     data_dir = cfg.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # It holds the generated secrets, dev.json (tokens) and the databases: its user's alone, even if made earlier.
+    data_dir.chmod(0o700)
     # One stack per data dir: two SecantusDB or Valkey processes on the same files would corrupt them.
     lock = open(data_dir / "dev.lock", "w")
     try:

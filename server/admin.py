@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix
@@ -13,13 +13,14 @@ from sms.v1 import sms_pb2
 
 from server import status as st
 from server.config import TWILIO_SETTINGS, Config
-from server.errors import FailedPrecondition, InvalidArgument, Unavailable
+from server.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
 from server.gateway import Gateway
+from server.limits import timestamp
 from server.reasons import Reason
 from server.store import Store
-from server.timeutil import aware, now
+from server.timeutil import aware, now, to_timestamp
 from server.worker.twilio_client import TwilioClient, TwilioFailure
-from server.worker.twilio_sync import sync_window
+from server.worker.twilio_sync import SyncStop, sync_window
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,43 @@ class Admin:
         """Pages through Twilio's messages sent in [start_time, end_time] and upserts them by sid."""
         if not request.HasField("start_time"):
             raise InvalidArgument("start_time", "required")
-        start = request.start_time.ToDatetime(tzinfo=UTC)
-        end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else now()
+        start = timestamp("start_time", request.start_time)
+        end = timestamp("end_time", request.end_time) if request.HasField("end_time") else now()
         if end <= start:
             raise InvalidArgument("end_time", "must be after start_time")
         twilio = await self._client()
         try:
-            result = await sync_window(self.store, self.gateway, twilio, start, end)
+            result = await sync_window(self.cfg, self.store, self.gateway, twilio, start, end)
         except TwilioFailure as failure:
-            if failure.transient:
-                raise Unavailable(f"Twilio could not be read: {failure}", Reason.TWILIO_UNAVAILABLE) from failure
-            raise FailedPrecondition(f"Twilio refused the list: {failure}", Reason.TWILIO_REFUSED) from failure
-        return sms_pb2.SyncFromTwilioResponse(scanned=result.scanned, created=result.created, updated=result.updated)
+            raise twilio_error(failure) from failure
+        return sms_pb2.SyncFromTwilioResponse(
+            scanned=result.scanned,
+            created=result.created,
+            updated=result.updated,
+            complete=result.complete,
+            stop_reason=STOP_REASONS[result.stopped],
+            reached_time=to_timestamp(result.reached),
+        )
+
+
+# How a sync that stopped early says why.
+STOP_REASONS = {
+    None: sms_pb2.SyncFromTwilioResponse.STOP_REASON_UNSPECIFIED,
+    SyncStop.PAGE_LIMIT: sms_pb2.SyncFromTwilioResponse.STOP_REASON_PAGE_LIMIT,
+    SyncStop.DEADLINE: sms_pb2.SyncFromTwilioResponse.STOP_REASON_DEADLINE,
+}
+
+
+def twilio_error(failure: TwilioFailure) -> DomainError:
+    """The RPC error for a Twilio that could not be read: retry later, or an operator's fix (credentials, account).
+
+    The failure's text is already bounded (TwilioFailure), whatever Twilio or a proxy answered.
+    """
+    if failure.transient:
+        return Unavailable(f"Twilio could not be read: {failure}", Reason.TWILIO_UNAVAILABLE)
+    if failure.credentials_refused:
+        return FailedPrecondition(
+            f"Twilio does not accept TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN: {failure}",
+            Reason.TWILIO_CREDENTIALS_REJECTED,
+        )
+    return FailedPrecondition(f"Twilio refused the list: {failure}", Reason.TWILIO_REFUSED)

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc
 
 from server.admin import Admin
+from server.auth import check_secrets
 from server.config import Config
 from server.hub import Hub
 from server.ingest import IngestServicer
@@ -69,7 +70,7 @@ class GatewayServer:
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
         sms_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(cfg, res.gateway, self.hub, self.admin), self.server)
-        ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(IngestServicer(res.gateway, cfg.jwt_secret), self.server)
+        ingest_pb2_grpc.add_SmsIngestServiceServicer_to_server(IngestServicer(res.gateway, cfg), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -99,9 +100,20 @@ class GatewayServer:
         await self.admin.close()
 
 
+def check_start(cfg: Config) -> None:
+    """The server's credentials: ConfigError (exit 2) for a missing or weak key; without an ingest key, say so."""
+    cfg.require("SMS_JWT_SECRET")
+    check_secrets(SMS_JWT_SECRET=cfg.jwt_secret, SMS_INGEST_SECRET=cfg.ingest_secret)
+    if not cfg.ingest_secret:
+        log.error(
+            "SMS_INGEST_SECRET is not set: SmsIngestService refuses every call (FAILED_PRECONDITION, "
+            "INGEST_NOT_CONFIGURED), so the webhook bridge cannot store Twilio's posts; set it here and on the bridge"
+        )
+
+
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls and returns."""
-    cfg.require("SMS_JWT_SECRET")
+    check_start(cfg)
     if not (cfg.twilio_from_number or cfg.twilio_messaging_service_sid):
         log.warning(
             "neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set: outbound conversations "

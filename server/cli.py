@@ -41,9 +41,13 @@ def _dev(cfg: Config, _: argparse.Namespace) -> int:
 
 
 def _token(cfg: Config, args: argparse.Namespace) -> int:
-    from server.auth import mint_token
+    from server.auth import check_secrets, mint_token
 
     cfg.require("SMS_JWT_SECRET")
+    check_secrets(SMS_JWT_SECRET=cfg.jwt_secret)
+    # The server refuses a token that lives longer than its maximum: refuse to print one.
+    if not 0 < args.ttl <= cfg.jwt_max_ttl_seconds:
+        raise ConfigError(f"--ttl must be between 1 and SMS_JWT_MAX_TTL_SECONDS ({cfg.jwt_max_ttl_seconds}) seconds")
     print(mint_token(cfg.jwt_secret, args.user, args.role, ttl_seconds=args.ttl))
     return 0
 
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "token":
             p.add_argument("--user", required=True, help="the user id (JWT sub)")
             p.add_argument("--role", required=True, choices=["agent", "admin", "service"])
-            p.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+            p.add_argument(
+                "--ttl", type=int, default=24 * 3600, help="lifetime in seconds (<= SMS_JWT_MAX_TTL_SECONDS)"
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

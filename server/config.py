@@ -106,7 +106,6 @@ class Config:
     ingest_secret: str = field(default="", repr=False)
     jwt_max_ttl_seconds: int = 30 * 24 * 3600
     default_region: str = "US"
-    default_owner: str = "admin"
     drain_seconds: float = 10.0
 
     # Events (Subscribe).
@@ -191,7 +190,6 @@ class Config:
             ingest_secret=e.get("SMS_INGEST_SECRET", ""),
             jwt_max_ttl_seconds=_int(e, "SMS_JWT_MAX_TTL_SECONDS", cls.jwt_max_ttl_seconds, minimum=60),
             default_region=(e.get("SMS_DEFAULT_REGION") or cls.default_region).upper(),
-            default_owner=e.get("SMS_DEFAULT_OWNER") or cls.default_owner,
             drain_seconds=_float(e, "SMS_DRAIN_SECONDS", cls.drain_seconds),
             event_stream=e.get("SMS_EVENT_STREAM") or cls.event_stream,
             event_retention=_int(e, "SMS_EVENT_RETENTION", cls.event_retention, minimum=1),

@@ -7,6 +7,7 @@ absent until the worker writes them; fields behind sparse indexes are never stor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, NotRequired, Required, TypedDict
 
@@ -22,10 +23,36 @@ Direction = Literal["outbound", "inbound"]
 
 PREVIEW_CHARS = 160
 
+# The owner of a conversation nobody owns yet (an inbound from a new contact). Not a user id: a token's subject
+# is never empty, so no user can be this owner; only admins (and services) see such a conversation, and the
+# first agent who replies claims it.
+UNASSIGNED = ""
+
 
 class MediaDoc(TypedDict):
     url: str
     content_type: str
+
+
+class ParamDoc(TypedDict):
+    """One webhook parameter. Names are stored as values, never as field names: Twilio's posts are signed but
+    their parameter names are not ours, and a name such as `$where` or `a.b` is not a safe MongoDB field name."""
+
+    name: str
+    value: str
+
+
+def params_doc(params: Mapping[str, str]) -> list[ParamDoc]:
+    """Parameters as stored: name/value pairs in the order given."""
+    return [{"name": name, "value": value} for name, value in params.items()]
+
+
+def params_of(doc: MessageDoc) -> dict[str, str]:
+    """A stored message's parameters by name (also from messages stored before pairs, as a sub-document)."""
+    stored: Any = doc.get("params") or []
+    if isinstance(stored, dict):
+        return {str(k): str(v) for k, v in stored.items()}
+    return {p["name"]: p["value"] for p in stored}
 
 
 class StatusEntry(TypedDict):
@@ -86,7 +113,7 @@ MessageDoc = TypedDict(
         "error_code": int,
         "error_message": str,
         # Inbound: the webhook's other parameters.
-        "params": dict[str, str],
+        "params": list[ParamDoc],
         # The worker's bookkeeping.
         "in_flight": InFlight | None,
         "retry_at": datetime | None,
@@ -105,6 +132,7 @@ class ConversationDoc(TypedDict):
     our_number: str
     contact_number: str
     contact_id: str
+    # The user id it belongs to, or UNASSIGNED.
     owner: str
     last_message_preview: str
     last_message_at: datetime
@@ -230,5 +258,5 @@ def new_inbound(
     doc = _new_message(conv, "inbound", from_number, to_number, body, media, st.RECEIVED, received, at)
     doc["twilio_sid"] = sid
     doc["segments"] = segments
-    doc["params"] = params
+    doc["params"] = params_doc(params)
     return doc

@@ -1,8 +1,10 @@
 """The edge between gRPC and the core: the RPC decorators authenticate the caller and map domain errors.
 
 Every handler is written `async def Method(self, request, context, caller)`: the decorator verifies the bearer
-token (and the caller's role, when the decorator names roles) and hands the caller in. Domain errors raised
-anywhere in the call, or anywhere in a stream, become a status with its ErrorInfo reason here, in one place.
+token with the key of the role it claims (server/auth.py) and the caller's role against the roles the decorator
+names (any user role when it names none: the bridge's `ingest` role only where named), and hands the caller in.
+Domain errors raised anywhere in the call, or anywhere in a stream, become a status with its ErrorInfo reason
+here, in one place.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from server.auth import Caller, Role, caller_from_metadata
-from server.errors import DomainError, PermissionDenied, to_status
+from server.auth import USER_ROLES, Caller, Role, TokenPolicy, caller_from_metadata
+from server.config import Config
+from server.errors import DomainError, FailedPrecondition, PermissionDenied, to_status
 from server.reasons import Reason
 
 log = logging.getLogger(__name__)
@@ -26,9 +29,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Servicer(Protocol):
-    """A servicer whose methods the decorators wrap: it knows the secret that signs its callers' tokens."""
+    """A servicer whose methods the decorators wrap: its settings hold the keys that sign its callers' tokens."""
 
-    jwt_secret: str
+    cfg: Config
 
 
 S = TypeVar("S", bound=Servicer)
@@ -38,22 +41,28 @@ StreamHandler = Callable[[S, Req, Context, Caller], AsyncIterator[Resp]]
 StreamMethod = Callable[[S, Req, Context], AsyncIterator[Resp]]
 
 
-def authenticate(secret: str, context: Context, roles: tuple[Role, ...]) -> Caller:
-    """The caller of this call; PermissionDenied when `roles` is given and their role is not among them."""
-    caller = caller_from_metadata(secret, context.invocation_metadata())  # type: ignore[arg-type]
-    if roles and caller.role not in roles:
+def authenticate(cfg: Config, context: Context, roles: tuple[Role, ...]) -> Caller:
+    """The caller of this call; PermissionDenied when their role is not among `roles` (default: USER_ROLES)."""
+    if Role.INGEST in roles and not cfg.ingest_secret:
+        # The bridge's credential cannot be checked: refuse plainly, so the bridge answers Twilio 503 (a retry)
+        # and the operator sees why, instead of every post failing as a bad token.
+        raise FailedPrecondition(
+            "SMS_INGEST_SECRET is not set on this server: SmsIngestService is off", Reason.INGEST_NOT_CONFIGURED
+        )
+    caller = caller_from_metadata(TokenPolicy.from_config(cfg), context.invocation_metadata())  # type: ignore[arg-type]
+    if caller.role not in (roles or USER_ROLES):
         raise PermissionDenied(f"role {caller.role.value} may not call this method", Reason.ROLE_NOT_ALLOWED)
     return caller
 
 
 def unary(*roles: Role) -> Callable[[Handler[S, Req, Resp]], Method[S, Req, Resp]]:
-    """A unary RPC open to `roles` (any authenticated caller when none are named)."""
+    """A unary RPC open to `roles` (any user role when none are named)."""
 
     def decorate(handler: Handler[S, Req, Resp]) -> Method[S, Req, Resp]:
         @functools.wraps(handler)
         async def wrapper(self: S, request: Req, context: Context) -> Resp:
             try:
-                return await handler(self, request, context, authenticate(self.jwt_secret, context, roles))
+                return await handler(self, request, context, authenticate(self.cfg, context, roles))
             except DomainError as exc:
                 await context.abort_with_status(to_status(exc))
                 raise  # abort_with_status raises; this keeps type checkers sure we never fall through
@@ -70,7 +79,7 @@ def streaming(*roles: Role) -> Callable[[StreamHandler[S, Req, Resp]], StreamMet
         @functools.wraps(handler)
         async def wrapper(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
             try:
-                caller = authenticate(self.jwt_secret, context, roles)
+                caller = authenticate(self.cfg, context, roles)
                 async for response in handler(self, request, context, caller):
                     yield response
             except DomainError as exc:

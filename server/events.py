@@ -8,6 +8,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sms.v1 import types_pb2
 
+from server import limits
 from server.convert import conversation_to_proto, message_to_proto
 from server.documents import ConversationDoc, MessageDoc
 from server.timeutil import now, to_timestamp
@@ -21,7 +22,10 @@ F_GAP = b"gap"
 
 
 class EventLog:
-    """Appends events to the stream `name`, keeping about `retention` of them."""
+    """Appends events to the stream `name`, keeping about `retention` of them, each at most limits.EVENT_BYTES.
+
+    The log's bytes are bounded by the two: the input bounds keep every event under EVENT_BYTES (see limits.py).
+    """
 
     def __init__(self, redis: Redis, name: str, retention: int) -> None:
         self.redis = redis
@@ -34,18 +38,23 @@ class EventLog:
 
         A failed append must not fail the write that already happened. Instead the next append that
         succeeds is preceded by a gap marker, so readers on every replica resync rather than miss it.
+        An event over limits.EVENT_BYTES, which the input bounds rule out, is not appended: its gap marker is
+        written at once, so the log keeps its byte bound and readers re-read the state from MongoDB.
         """
-        fields: dict[bytes, bytes | str] = {
-            F_OWNER: owner,
-            F_CONVERSATION: conversation_id,
-            F_DATA: event.SerializeToString(),
-        }
+        data = event.SerializeToString()
+        fields: dict[bytes, bytes | str] = {F_OWNER: owner, F_CONVERSATION: conversation_id, F_DATA: data}
+        oversized = len(data) > limits.EVENT_BYTES
+        if oversized:
+            log.error("event of %d bytes over the bound of %d not appended", len(data), limits.EVENT_BYTES)
         try:
-            if self.lost:
-                gap: dict[bytes, bytes | str] = {F_OWNER: "", F_CONVERSATION: "", F_GAP: str(self.lost)}
+            lost = self.lost + oversized
+            if lost:
+                gap: dict[bytes, bytes | str] = {F_OWNER: "", F_CONVERSATION: "", F_GAP: str(lost)}
                 await self.redis.xadd(self.name, gap, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
-                log.warning("event log: marked a gap of %d lost events", self.lost)
+                log.warning("event log: marked a gap of %d lost events", lost)
                 self.lost = 0
+            if oversized:
+                return None
             entry_id = await self.redis.xadd(self.name, fields, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
         except Exception:
             self.lost += 1
@@ -72,6 +81,9 @@ class EventLog:
 
 EventId = tuple[int, int]
 ZERO_ID: EventId = (0, 0)
+# Redis's largest id: nothing can follow it. Each part is an unsigned 64-bit integer, at most 20 digits.
+MAX_ID: EventId = (2**64 - 1, 2**64 - 1)
+_ID_DIGITS = len(str(2**64 - 1))
 
 
 def parse_event_id(text: str) -> EventId | None:
@@ -79,6 +91,8 @@ def parse_event_id(text: str) -> EventId | None:
     ms, sep, seq = text.partition("-")
     if not sep or not ms.isdigit() or not seq.isdigit() or not ms.isascii() or not seq.isascii():
         return None
+    if len(ms) > _ID_DIGITS or len(seq) > _ID_DIGITS:
+        return None  # beyond Redis's range, and int() refuses thousands of digits (ValueError)
     value = (int(ms), int(seq))
     # Redis ids are two unsigned 64-bit integers; anything larger cannot be an id it issued.
     return value if value[0] < 2**64 and value[1] < 2**64 else None
@@ -148,6 +162,9 @@ async def read_page(
     redis: Redis, name: str, after: EventId, count: int
 ) -> tuple[LogState, list[tuple[bytes, dict[bytes, bytes]]]]:
     """Entries after `after` (exclusive) and the log's bounds, read atomically so a trim cannot slip between."""
+    if after == MAX_ID:
+        # Redis refuses an exclusive range from its largest id; nothing can follow it anyway.
+        return await log_state(redis, name), []
     async with redis.pipeline(transaction=True) as pipe:
         pipe.xinfo_stream(name)
         pipe.xrange(name, min="(" + format_event_id(after), max="+", count=count)

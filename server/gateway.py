@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 from bson import ObjectId
 from sms.v1 import types_pb2
 
-from server import paging
+from server import limits, paging
 from server import status as st
 from server.auth import Caller
 from server.config import Config
 from server.documents import (
+    UNASSIGNED,
     ConversationDoc,
     Fields,
     MediaDoc,
@@ -39,7 +40,7 @@ from server.errors import (
     PermissionDenied,
 )
 from server.events import EventLog
-from server.phone import normalise_lenient, to_e164
+from server.phone import check_destination, normalise_lenient, to_e164
 from server.reasons import Reason
 from server.store import Store
 from server.timeutil import now
@@ -47,8 +48,6 @@ from server.worker.queue import SendQueue
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1600
-MAX_MEDIA = 10
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
 UNSUBSCRIBED_CODE = 21610
@@ -69,6 +68,8 @@ def opt_keyword(body: str) -> bool | None:
 
 
 D = TypeVar("D", ConversationDoc, MessageDoc)
+# Send's admission of one more new message from a user (the rate limit); raises to refuse it.
+Admission = Callable[[], Awaitable[None]]
 
 
 def _page(kind: str, docs: list[D], limit: int, position: Callable[[D], tuple[datetime, str]]) -> tuple[list[D], str]:
@@ -77,6 +78,13 @@ def _page(kind: str, docs: list[D], limit: int, position: Callable[[D], tuple[da
         return docs, ""
     page = docs[:limit]
     return page, paging.encode_token(kind, *position(page[-1]))
+
+
+def _of_another_agent() -> PermissionDenied:
+    """Send's refusal of a contact whose conversation another agent owns."""
+    return PermissionDenied(
+        "this contact's conversation belongs to another agent", Reason.CONVERSATION_OF_ANOTHER_AGENT
+    )
 
 
 def _in_history(doc: MessageDoc, status: str) -> bool:
@@ -103,20 +111,18 @@ class SendInput:
 def validate_send(
     cfg: Config, to: str, body: str, media_urls: list[str], contact_id: str, request_id: str
 ) -> SendInput:
-    """Send's input rules; InvalidArgument naming the offending field."""
-    number = to_e164(to, cfg.default_region, "to")
-    if len(media_urls) > MAX_MEDIA:
-        raise InvalidArgument("media_urls", f"at most {MAX_MEDIA} media URLs")
+    """Send's input rules and bounds (server/limits.py); InvalidArgument naming the offending field."""
+    number = to_e164(limits.text("to", to, limits.ADDRESS_BYTES), cfg.default_region, "to")
+    limits.each("media_urls", media_urls, limits.MEDIA_COUNT, limits.URL_BYTES)
     for url in media_urls:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidArgument("media_urls", f"{url!r} is not an http(s) URL")
+            raise InvalidArgument("media_urls", f"{limits.quote(url)} is not an http(s) URL")
     if not body and not media_urls:
         raise InvalidArgument("body", "a body is required when no media is given")
-    if len(body) > MAX_BODY:
-        raise InvalidArgument("body", f"at most {MAX_BODY} characters, got {len(body)}")
-    if len(request_id) > 200:
-        raise InvalidArgument("request_id", "at most 200 characters")
+    limits.chars("body", body, limits.BODY_CHARS)
+    limits.text("contact_id", contact_id, limits.CONTACT_ID_BYTES)
+    limits.text("request_id", request_id, limits.REQUEST_ID_BYTES)
     return SendInput(number, body, tuple(media_urls), contact_id, request_id)
 
 
@@ -133,8 +139,11 @@ class Gateway:
 
     # Access
 
-    def _may_see(self, caller: Caller, conversation: ConversationDoc) -> bool:
-        return caller.sees_all or conversation.get("owner") == caller.user_id
+    @staticmethod
+    def _may_see(caller: Caller, conversation: ConversationDoc) -> bool:
+        """Admins and services see every conversation; an agent only those they own (never an unassigned one)."""
+        owner = conversation.get("owner", UNASSIGNED)
+        return caller.sees_all or (owner != UNASSIGNED and owner == caller.user_id)
 
     async def conversation_for(self, caller: Caller, cid: str) -> ConversationDoc:
         """The conversation when the caller may see it; NOT_FOUND otherwise (existence is not leaked)."""
@@ -161,8 +170,12 @@ class Gateway:
 
     # Send
 
-    async def send(self, caller: Caller, req: SendInput) -> tuple[MessageDoc, bool]:
-        """Stores the message as QUEUED, then queues it; returns it and whether it was a repeat."""
+    async def send(self, caller: Caller, req: SendInput, admit: Admission | None = None) -> tuple[MessageDoc, bool]:
+        """Stores the message as QUEUED, then queues it; returns it and whether it was a repeat.
+
+        A repeat of an accepted request is answered before the destination guard and `admit` (the rate limit),
+        so a client retrying what was accepted is never refused for it.
+        """
         fingerprint = req.fingerprint()
         # Keys are per user: the sender's, which differs from the owner when an admin sends.
         request_key = f"{caller.user_id}\x1f{req.request_id}" if req.request_id else ""
@@ -175,6 +188,9 @@ class Gateway:
             earlier = await self.store.find_by_request(request_key)
             if earlier is not None:
                 return await self._repeat(earlier, same_request)
+        check_destination(req.to, self.cfg.allowed_countries, self.cfg.allow_premium_numbers)
+        if admit is not None:
+            await admit()
         conv = await self._conversation_to_send(caller, req)
         doc = new_outbound(
             conv,
@@ -230,8 +246,15 @@ class Gateway:
         opt = opt_keyword(doc.get("body", "")) if inbound else None
         extra = {} if opt is None else {"opted_out": opt}
         await self.store.count_message(doc["conversation_id"], doc, unread=inbound, extra=extra)
+        conv = await self.store.get_conversation(doc["conversation_id"])
+        if conv is not None and conv["owner"] != doc["owner"]:
+            # The conversation was claimed after this message copied its owner (and maybe after the claim moved
+            # the other messages): the message follows its conversation, and its event reaches the new owner.
+            await self.store.set_message_owner(doc["_id"], conv["owner"])
+            doc["owner"] = conv["owner"]
         await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
-        await self._conversation_changed(doc["conversation_id"])
+        if conv is not None:
+            await self.events.conversation(conv)
         if not inbound:
             await self.queue.enqueue(str(doc["_id"]))
         await self.store.clear_pending(doc["_id"])
@@ -252,25 +275,26 @@ class Gateway:
             await self.finish(doc)
 
     async def _conversation_to_send(self, caller: Caller, req: SendInput) -> ConversationDoc:
+        """The conversation Send writes to; a new one belongs to whoever starts it, admins and services too."""
         cid = conversation_id(self.our_number, req.to)
         conv = await self.store.get_conversation(cid) or await self.store.create_conversation(
             new_conversation(self.our_number, req.to, caller.user_id, req.contact_id, now())
         )
+        mine = self._may_see(caller, conv)
+        # Access before anything else about the conversation: another agent's contact's opt-out is theirs.
+        if not mine and conv["owner"] != UNASSIGNED:
+            raise _of_another_agent()
         if conv.get("opted_out"):
             raise FailedPrecondition(f"{req.to} has opted out (STOP); they must text START first", Reason.OPTED_OUT)
-        if caller.sees_all or conv["owner"] == caller.user_id:
+        if mine:
             return conv
-        # Unassigned inbound conversations go to the first agent who answers.
-        if conv["owner"] == self.cfg.default_owner and await self.store.claim_conversation(
-            cid, self.cfg.default_owner, caller.user_id, req.contact_id
-        ):
-            await self.store.reassign_messages(cid, caller.user_id)
-            claimed = await self.store.get_conversation(cid)
-            assert claimed is not None  # a conversation is never deleted
-            return claimed
-        raise PermissionDenied(
-            "this contact's conversation belongs to another agent", Reason.CONVERSATION_OF_ANOTHER_AGENT
-        )
+        # An unassigned conversation (an inbound from a new contact) goes to the first agent who answers.
+        if not await self.store.claim_unassigned(cid, caller.user_id, req.contact_id):
+            raise _of_another_agent()  # another agent claimed it first
+        await self.store.reassign_messages(cid, caller.user_id)
+        claimed = await self.store.get_conversation(cid)
+        assert claimed is not None  # a conversation is never deleted
+        return claimed
 
     # Reading
 
@@ -332,7 +356,7 @@ class Gateway:
         t = now()
         conv = await self.store.get_conversation(
             conversation_id(side, contact)
-        ) or await self.store.create_conversation(new_conversation(side, contact, self.cfg.default_owner, "", t))
+        ) or await self.store.create_conversation(new_conversation(side, contact, UNASSIGNED, "", t))
         doc = new_inbound(
             conv,
             sid=sid,

@@ -13,8 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio import Redis
 from sms.v1 import sms_pb2, types_pb2
 
+from server import limits
 from server.auth import Caller
 from server.config import Config
+from server.documents import UNASSIGNED
 from server.errors import InvalidArgument, Unavailable
 from server.events import (
     F_CONVERSATION,
@@ -76,40 +78,66 @@ def _heartbeat(last: EventId) -> Response:
 
 
 class Subscriber:
-    """One open Subscribe call: what it may see, and its bounded queue of live events."""
+    """One open Subscribe call: what it may see, and its queue of live events, bounded in count and in bytes."""
 
-    __slots__ = ("closed", "conversation", "items", "limit", "owner", "resync", "wake")
+    __slots__ = ("closed", "conversation", "items", "limit", "limit_bytes", "owner", "queued_bytes", "resync", "wake")
 
-    def __init__(self, owner: str | None, conversation: str, limit: int) -> None:
+    def __init__(self, owner: str | None, conversation: str, limit: int, limit_bytes: int) -> None:
         # None: every owner's events. A conversation narrows further; events carry the current owner.
         self.owner = owner
         self.conversation = conversation
         self.limit = limit
-        self.items: deque[tuple[EventId, Response]] = deque()
+        self.limit_bytes = limit_bytes
+        # Each queued event with its size (serialized); queued_bytes is their sum. Changed only by the methods below.
+        self.items: deque[tuple[EventId, Response, int]] = deque()
+        self.queued_bytes = 0
         self.wake = asyncio.Event()
         # A pending resync: the latest id dropped for it, and why. Set instead of growing the queue.
         self.resync: tuple[EventId, str] | None = None
         self.closed = False
 
     def wants(self, owner: str, conversation: str) -> bool:
+        """Whether an event of `owner`'s `conversation` is this subscriber's.
+
+        An unassigned conversation's events reach only the subscribers of every owner (admins): no agent
+        subscribes as UNASSIGNED, and this says so even if one did (gap markers, also without an owner, are
+        resyncs for everyone before routing). Events are routed by the owner they carried when they happened,
+        so a claimed conversation's later events reach the agent who claimed it.
+        """
         if self.conversation and conversation != self.conversation:
             return False
-        return self.owner is None or owner == self.owner
+        return self.owner is None or (owner != UNASSIGNED and owner == self.owner)
 
-    def offer(self, key: EventId, response: Response) -> None:
-        """Queues a live event; on overflow drops the queue and owes one resync instead."""
+    def offer(self, key: EventId, response: Response, size: int) -> None:
+        """Queues a live event of `size` bytes; past either bound drops the queue and owes one resync instead."""
         if self.resync is not None:
             self.resync = (key, self.resync[1])
             return
-        if len(self.items) >= self.limit:
-            self.items.clear()
+        if len(self.items) >= self.limit or self.queued_bytes + size > self.limit_bytes:
+            self.clear()
             self.resync = (key, SLOW_CONSUMER)
         else:
-            self.items.append((key, response))
+            self.items.append((key, response, size))
+            self.queued_bytes += size
         self.wake.set()
 
-    def owe_resync(self, last: EventId, reason: str) -> None:
+    def take(self) -> tuple[EventId, Response]:
+        """Removes and returns the oldest queued event (there must be one)."""
+        key, response, size = self.items.popleft()
+        self.queued_bytes -= size
+        return key, response
+
+    def drop_through(self, upto: EventId) -> None:
+        """Drops the queued events at or before `upto`."""
+        while self.items and self.items[0][0] <= upto:
+            self.take()
+
+    def clear(self) -> None:
         self.items.clear()
+        self.queued_bytes = 0
+
+    def owe_resync(self, last: EventId, reason: str) -> None:
+        self.clear()
         self.resync = (last, reason)
         self.wake.set()
 
@@ -258,8 +286,10 @@ class Hub:
             except Exception:
                 log.exception("hub: undecodable event %s skipped", raw_id.decode())
                 continue
+            # What a subscriber's byte bound counts: the event as stored, measured once for all of them.
+            size = len(fields.get(F_DATA, b""))
             for sub in targets:
-                sub.offer(key, response)
+                sub.offer(key, response, size)
 
     async def _count_loop(self) -> None:
         """Logs the subscriber count when it changes: the operator's (and tests') view of open streams."""
@@ -276,12 +306,14 @@ class Hub:
         """What the caller may see: agents only their own conversations, whatever all_owners says."""
         narrowed = bool(request.conversation_id)
         owner = None if caller.sees_all and (request.all_owners or narrowed) else caller.user_id
-        return Subscriber(owner, request.conversation_id, self.cfg.subscriber_queue_size)
+        return Subscriber(
+            owner, request.conversation_id, self.cfg.subscriber_queue_size, self.cfg.subscriber_queue_bytes
+        )
 
     async def subscribe(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> AsyncGenerator[Response, None]:
         """Replays after the resume token, then streams live events, resyncs and heartbeats."""
         token: EventId | None = None
-        if request.resume_token:
+        if limits.text("resume_token", request.resume_token, limits.RESUME_TOKEN_BYTES):
             token = parse_event_id(request.resume_token)
             if token is None:
                 raise InvalidArgument(
@@ -348,7 +380,7 @@ class Hub:
                 return  # the live loop sends the owed resync
             # The live queue overflowed during the replay, but the dropped entries are still in the log.
             rounds += 1
-            sub.items.clear()
+            sub.clear()
             sub.resync = None
 
     def _mark(self, sub: Subscriber, delivered: EventId) -> EventId:
@@ -362,8 +394,7 @@ class Hub:
         """After a replay (or resync) up to `upto`: nothing owed or queued at or before it is sent again."""
         if sub.resync is not None and sub.resync[0] <= upto:
             sub.resync = None
-        while sub.items and sub.items[0][0] <= upto:
-            sub.items.popleft()
+        sub.drop_through(upto)
 
     async def _live(self, sub: Subscriber, delivered: EventId) -> AsyncIterator[Response]:
         """Queued live events, an owed resync, or a heartbeat when nothing was sent for a while."""
@@ -379,7 +410,7 @@ class Hub:
                 last_sent = time.monotonic()
                 continue
             if sub.items:
-                key, response = sub.items.popleft()
+                key, response = sub.take()
                 if key <= delivered:
                     continue
                 delivered = key

@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import datetime
 
+from server import limits
 from server.errors import InvalidArgument
 from server.reasons import Reason
 from server.timeutil import from_ms, to_ms
@@ -28,17 +29,19 @@ def encode_token(kind: str, t: datetime, key: str) -> str:
 
 
 def decode_token(kind: str, token: str) -> tuple[datetime, str] | None:
-    """The position a token names; None for an empty token; INVALID_ARGUMENT when malformed.
+    """The position a token names; None for an empty token; INVALID_ARGUMENT when malformed or out of range.
 
     Tokens carry only a position: every query still filters by the caller, so a token never grants access.
     """
-    if not token:
+    if not limits.text("page_token", token, limits.PAGE_TOKEN_BYTES):
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         k, ms, key = json.loads(raw)
-        if k != kind or not isinstance(ms, int) or not isinstance(key, str):
-            raise ValueError
-        return from_ms(ms), key
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN) from None
+    except (ValueError, TypeError, RecursionError):  # json.JSONDecodeError and binascii.Error are ValueErrors
+        k = ms = key = None
+    # A time outside what a datetime holds is as malformed as garbage (from_ms would raise OSError).
+    in_range = isinstance(ms, int) and limits.TIME_MIN_MS <= ms <= limits.TIME_MAX_MS
+    if k != kind or not in_range or not isinstance(key, str):
+        raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
+    return from_ms(ms), key

@@ -45,7 +45,8 @@ class Resources:
 
 def _start_embedded(cfg: Config, name: str, start: Callable[[Path, int, IO[bytes]], EmbeddedServer]) -> EmbeddedServer:
     """Starts an embedded server with its data under the data dir; it logs to a file there, not to our output."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    # Private: the embedded databases hold every message.
+    cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(cfg.data_dir / f"{name}.log", "ab") as output:
         # The child keeps its own copy of the file descriptor.
         return start(cfg.data_dir / name, 0, output)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
+from server import limits
 from server.admin import Admin
 from server.auth import Caller, Role
 from server.config import Config
@@ -14,36 +16,41 @@ from server.convert import conversation_to_proto, message_to_proto
 from server.edge import Context, streaming, unary
 from server.gateway import Gateway, validate_send
 from server.hub import Hub
+from server.quotas import SendRate, StreamSlots
 
 
 class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
+    """Open to agents, admins and services alike, except the operator calls, which are for admins only."""
+
     def __init__(self, cfg: Config, gateway: Gateway, hub: Hub, admin: Admin) -> None:
         self.cfg = cfg
         self.gateway = gateway
-        self.jwt_secret = cfg.jwt_secret
         self.hub = hub
         self.admin = admin
+        self.streams = StreamSlots(cfg.max_streams_per_user)
+        # The buckets live in the Redis the hub reads, shared by every replica.
+        self.send_rate = SendRate(hub.redis, cfg.send_rate_per_user, cfg.send_burst_per_user)
 
     @unary()
     async def Send(self, request: sms_pb2.SendRequest, context: Context, caller: Caller) -> sms_pb2.SendResponse:
         req = validate_send(
             self.cfg, request.to, request.body, list(request.media_urls), request.contact_id, request.request_id
         )
-        doc, duplicate = await self.gateway.send(caller, req)
+        doc, duplicate = await self.gateway.send(caller, req, functools.partial(self.send_rate.admit, caller.user_id))
         return sms_pb2.SendResponse(message=message_to_proto(doc), duplicate=duplicate)
 
     @unary()
     async def GetMessage(
         self, request: sms_pb2.GetMessageRequest, context: Context, caller: Caller
     ) -> sms_pb2.GetMessageResponse:
-        doc = await self.gateway.message_for(caller, request.message_id)
+        doc = await self.gateway.message_for(caller, limits.ident("message_id", request.message_id))
         return sms_pb2.GetMessageResponse(message=message_to_proto(doc))
 
     @unary()
     async def GetConversation(
         self, request: sms_pb2.GetConversationRequest, context: Context, caller: Caller
     ) -> sms_pb2.GetConversationResponse:
-        doc = await self.gateway.conversation_for(caller, request.conversation_id)
+        doc = await self.gateway.conversation_for(caller, limits.ident("conversation_id", request.conversation_id))
         return sms_pb2.GetConversationResponse(conversation=conversation_to_proto(doc))
 
     @unary()
@@ -60,7 +67,7 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
         self, request: sms_pb2.ListMessagesRequest, context: Context, caller: Caller
     ) -> sms_pb2.ListMessagesResponse:
         docs, token = await self.gateway.list_messages(
-            caller, request.conversation_id, request.page_size, request.page_token
+            caller, limits.ident("conversation_id", request.conversation_id), request.page_size, request.page_token
         )
         return sms_pb2.ListMessagesResponse(messages=[message_to_proto(d) for d in docs], next_page_token=token)
 
@@ -68,7 +75,7 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     async def MarkConversationRead(
         self, request: sms_pb2.MarkConversationReadRequest, context: Context, caller: Caller
     ) -> sms_pb2.MarkConversationReadResponse:
-        doc = await self.gateway.mark_read(caller, request.conversation_id)
+        doc = await self.gateway.mark_read(caller, limits.ident("conversation_id", request.conversation_id))
         return sms_pb2.MarkConversationReadResponse(conversation=conversation_to_proto(doc))
 
     @streaming()
@@ -76,14 +83,17 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
         self, request: sms_pb2.SubscribeRequest, context: Context, caller: Caller
     ) -> AsyncIterator[sms_pb2.SubscribeResponse]:
         """Events the caller may see; all_owners is honoured for admin/service and ignored for agents."""
-        if request.conversation_id:
+        if limits.ident("conversation_id", request.conversation_id):
             # NOT_FOUND for a conversation the caller may not see, as GetConversation answers.
             await self.gateway.conversation_for(caller, request.conversation_id)
-        # aclosing: on cancellation the hub's finally (unregistering) runs now, not at garbage collection.
-        async with contextlib.aclosing(self.hub.subscribe(caller, request)) as stream:
-            async for response in stream:
-                yield response
+        with self.streams.hold(caller.user_id):
+            # aclosing: on cancellation the hub's finally (unregistering) runs now, not at garbage collection.
+            async with contextlib.aclosing(self.hub.subscribe(caller, request)) as stream:
+                async for response in stream:
+                    yield response
 
+    # The operator calls: admins only. The service role reads and writes every conversation like an admin, but
+    # its token lives in other systems, so it may not trigger Twilio syncs nor read the operator's queue figures.
     @unary(Role.ADMIN)
     async def GetQueueStats(
         self, request: sms_pb2.GetQueueStatsRequest, context: Context, caller: Caller

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sms.v1 import types_pb2
 
 from server.errors import InvalidArgument
+from server.limits import quote
 from server.reasons import Reason
 
 # Twilio's status values, as stored in MongoDB.
@@ -38,7 +39,7 @@ def parse_status(raw: str, field: str = "message_status") -> str:
     """Twilio's status string normalised; InvalidArgument for a value Twilio does not define."""
     status = raw.strip().lower()
     if status not in _RANK:
-        raise InvalidArgument(field, f"unknown message status {raw!r}", Reason.UNKNOWN_STATUS)
+        raise InvalidArgument(field, f"unknown message status {quote(raw)}", Reason.UNKNOWN_STATUS)
     return status
 
 

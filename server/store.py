@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from server.documents import ConversationDoc, Fields, MessageDoc, message_oid, preview
+from server.documents import UNASSIGNED, ConversationDoc, Fields, MessageDoc, message_oid, preview
 from server.timeutil import now
 
 Cursor = tuple[datetime, str]
@@ -94,17 +94,21 @@ class Store:
             assert existing is not None  # a conversation is never deleted
             return existing
 
-    async def claim_conversation(self, cid: str, from_owner: str, to_owner: str, contact_id: str) -> bool:
-        """Moves an unassigned conversation to `to_owner`; False when someone else got it first."""
-        update: Fields = {"owner": to_owner, "updated": now()}
+    async def claim_unassigned(self, cid: str, owner: str, contact_id: str) -> bool:
+        """Gives an unassigned conversation to `owner`; False when it is not unassigned (any more)."""
+        update: Fields = {"owner": owner, "updated": now()}
         if contact_id:
             update["contact_id"] = contact_id
-        result = await self.conversations.update_one({"_id": cid, "owner": from_owner}, {"$set": update})
+        result = await self.conversations.update_one({"_id": cid, "owner": UNASSIGNED}, {"$set": update})
         return result.matched_count == 1
 
     async def reassign_messages(self, cid: str, owner: str) -> None:
         """Gives a conversation's messages its new owner (each message carries a copy for its events)."""
         await self.messages.update_many({"conversation_id": cid}, {"$set": {"owner": owner}})
+
+    async def set_message_owner(self, oid: ObjectId, owner: str) -> None:
+        """Gives one message its conversation's owner (a message stored as its conversation was claimed)."""
+        await self.messages.update_one({"_id": oid}, {"$set": {"owner": owner}})
 
     async def count_message(self, cid: str, message: MessageDoc, unread: bool, extra: Mapping[str, Any]) -> None:
         """Counts a new message into its conversation and makes it the last message when it is newest."""

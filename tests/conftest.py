@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from pymongo import AsyncMongoClient
@@ -15,7 +16,7 @@ from sms.v1 import ingest_pb2_grpc, sms_pb2_grpc
 
 from server.config import without_settings
 from server.embedded import EmbeddedServer, start_mongo, start_redis
-from tests.support.identities import JWT_SECRET
+from tests.support.identities import INGEST_SECRET, JWT_SECRET
 from tests.support.launch import start_server
 from tests.support.processes import ChildProcess
 
@@ -44,10 +45,15 @@ def base_env(mongo: EmbeddedServer, redis_server: EmbeddedServer) -> dict[str, s
         MONGODB_DB=f"sms_test_{uuid.uuid4().hex[:8]}",
         REDIS_URL=redis_server.uri,
         SMS_JWT_SECRET=JWT_SECRET,
+        SMS_INGEST_SECRET=INGEST_SECRET,
         SMS_DEFAULT_REGION="US",
-        SMS_DEFAULT_OWNER="inbox-owner",
         TWILIO_FROM_NUMBER="+15005550006",
         SMS_HEARTBEAT_SECONDS="1",
+        # The suites send hundreds of messages and open hundreds of streams per user as fast as they can; the
+        # limits' own tests (test_access.py) run servers with theirs.
+        SMS_SEND_RATE_PER_USER="1000",
+        SMS_SEND_BURST_PER_USER="1000",
+        SMS_MAX_STREAMS_PER_USER="1000",
     )
     return env
 
@@ -67,6 +73,13 @@ def server_proc_factory(base_env: dict[str, str]) -> Iterator[list[ChildProcess]
     yield procs
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for the bridge and the simulator."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
 
 
 @pytest.fixture

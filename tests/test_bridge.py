@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,26 +19,28 @@ from bson import ObjectId
 from sms.v1 import sms_pb2, sms_pb2_grpc
 from twilio.request_validator import RequestValidator
 
+from server.documents import params_of
 from server.embedded import free_port
+from tests.support.bridge import (
+    OUR_NUMBER,
+    PUBLIC_BASE,
+    Bridge,
+    healthz,
+    inbound_params,
+    metric,
+    new_sid,
+    post,
+    start_bridge,
+    status_params,
+)
 from tests.support.identities import auth, unique_number
-from tests.support.launch import start_listening, start_server
+from tests.support.launch import start_server
 from tests.support.polling import eventually_async
 from tests.support.processes import SMS_GATEWAY, ChildProcess
 from webhook_bridge.app import EMPTY_TWIML
 from webhook_bridge.forms import FormError, inbound_request, parse_dlr_date, parse_form, status_request
 from webhook_bridge.metrics import BridgeMetrics
 from webhook_bridge.signature import SignatureVerifier, Verdict, compute_signature
-
-AUTH_TOKEN = "bridge-test-auth-token"
-# The bridge sits behind a proxy that strips /hooks: Twilio signs the public URL, the bridge sees the path.
-PUBLIC_BASE = "https://sms.example.test/hooks"
-ACCOUNT_SID = "AC" + "0" * 32
-OUR_NUMBER = "+15005550006"
-
-
-def new_sid(prefix: str = "SM") -> str:
-    return prefix + uuid.uuid4().hex
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Unit level: signature, forms, metrics
@@ -187,115 +187,11 @@ def test_metrics_exposition() -> None:
 # End to end: a real bridge process in front of a real server process
 
 
-@dataclass
-class Bridge:
-    """A running bridge process and how to reach it."""
-
-    proc: ChildProcess
-    url: str  # where the test connects
-    public_base: str  # what Twilio would have called
-    token: str
-
-    def signed(
-        self, path: str, params: Mapping[str, str], *, token: str | None = None, public_base: str | None = None
-    ) -> dict[str, str]:
-        """Headers Twilio would send for `params` posted to `path`."""
-        url = (public_base or self.public_base) + path
-        return {"X-Twilio-Signature": RequestValidator(token or self.token).compute_signature(url, params)}
-
-
-def start_bridge(base_env: Mapping[str, str], grpc_target: str, **extra: str) -> Bridge:
-    port = free_port()
-    env = {
-        **base_env,
-        "SMS_BRIDGE_ADDR": f"127.0.0.1:{port}",
-        "SMS_GRPC_TARGET": grpc_target,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "SMS_PUBLIC_BASE_URL": PUBLIC_BASE,
-        **extra,
-    }
-    proc = start_listening("bridge", [*SMS_GATEWAY, "bridge"], env, "127.0.0.1", port)
-    return Bridge(proc, f"http://127.0.0.1:{port}", PUBLIC_BASE, AUTH_TOKEN)
-
-
 @pytest.fixture(scope="module")
 def bridge(base_env: dict[str, str], grpc_server: str) -> Iterator[Bridge]:
     b = start_bridge(base_env, grpc_server)
     yield b
     assert b.proc.stop() == 0, b.proc.log()[-3000:]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
-
-
-@dataclass
-class Answer:
-    status: int
-    text: str
-    headers: Mapping[str, str]
-
-
-async def post(
-    http: aiohttp.ClientSession,
-    bridge: Bridge,
-    path: str,
-    params: Mapping[str, str],
-    headers: Mapping[str, str] | None = None,
-) -> Answer:
-    """Posts `params` as Twilio would, signed unless `headers` is given."""
-    hdrs = dict(bridge.signed(path, params) if headers is None else headers)
-    async with http.post(bridge.url + path, data=dict(params), headers=hdrs) as resp:
-        return Answer(resp.status, await resp.text(), dict(resp.headers))
-
-
-def inbound_params(sid: str, from_number: str, body: str = "hello", **extra: str) -> dict[str, str]:
-    return {
-        "MessageSid": sid,
-        "SmsSid": sid,
-        "SmsMessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": from_number,
-        "To": OUR_NUMBER,
-        "Body": body,
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsStatus": "received",
-        "ApiVersion": "2010-04-01",
-        "FromCity": "SAN FRANCISCO",
-        **extra,
-    }
-
-
-def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
-    return {
-        "MessageSid": sid,
-        "SmsSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": OUR_NUMBER,
-        "To": "+14155550100",
-        "MessageStatus": status,
-        "SmsStatus": status,
-        "ApiVersion": "2010-04-01",
-        **extra,
-    }
-
-
-async def metric(http: aiohttp.ClientSession, bridge: Bridge, series: str) -> float:
-    """The value of one exposition line (0 when absent)."""
-    async with http.get(bridge.url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = await resp.text()
-    m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
-
-
-async def healthz(http: aiohttp.ClientSession, bridge: Bridge) -> int:
-    async with http.get(bridge.url + "/healthz") as resp:
-        return resp.status
 
 
 async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSession, bridge: Bridge, db: Any) -> None:
@@ -312,8 +208,8 @@ async def test_inbound_creates_conversation_and_message(http: aiohttp.ClientSess
         OUR_NUMBER,
         "Hi from the test",
     )
-    assert msg["params"]["FromCity"] == "SAN FRANCISCO"
-    assert msg["params"]["ApiVersion"] == "2010-04-01"
+    assert params_of(msg)["FromCity"] == "SAN FRANCISCO"
+    assert params_of(msg)["ApiVersion"] == "2010-04-01"
     conv = await db.conversations.find_one({"_id": msg["conversation_id"]})
     assert conv is not None
     assert (conv["contact_number"], conv["unread_count"], conv["opted_out"]) == (contact, 1, False)
@@ -430,8 +326,8 @@ async def test_status_callbacks_shuffled_with_duplicates(
     for i, m in enumerate(messages):
         sid = new_sid()
         await db.messages.update_one({"_id": ObjectId(m.id)}, {"$set": {"twilio_sid": sid}})
-        statuses, final = _PATHS[i % len(_PATHS)]
-        expected[sid] = (set(statuses), final)
+        path, final = _PATHS[i % len(_PATHS)]
+        expected[sid] = (set(path), final)
     # 10 callbacks per message: every distinct status at least once, the rest repeats.
     rng = random.Random(1234)
     callbacks: list[dict[str, str]] = []
@@ -449,8 +345,8 @@ async def test_status_callbacks_shuffled_with_duplicates(
         async with gate:
             return (await post(http, bridge, "/twilio/status", params)).status
 
-    statuses = await asyncio.gather(*(send(c) for c in callbacks))
-    assert statuses == [200] * 1000
+    answers = await asyncio.gather(*(send(c) for c in callbacks))
+    assert answers == [200] * 1000
 
     for sid, (distinct, final) in expected.items():
         msg = await db.messages.find_one({"twilio_sid": sid})

@@ -26,7 +26,10 @@ from tests.support.browser import (
     PHONE,
     PROBE_SCRIPT,
     chromium_path,
+    csp_violations,
+    elsewhere,
     probe,
+    reads_left_to_right,
     screenshot,
     skip_or_fail_without_browser,
 )
@@ -84,9 +87,9 @@ class Api:
         self.stack = stack
         self.stub = sms_pb2_grpc.SmsServiceStub(channel)
 
-    def send(self, user: str, to: str, body: str) -> types_pb2.Message:
+    def send(self, user: str, to: str, body: str, contact_id: str = "") -> types_pb2.Message:
         resp = self.stub.Send(
-            sms_pb2.SendRequest(to=to, body=body, request_id=f"browser-{time.monotonic_ns()}"),
+            sms_pb2.SendRequest(to=to, body=body, contact_id=contact_id, request_id=f"browser-{time.monotonic_ns()}"),
             metadata=self.stack.metadata(user),
             timeout=10,
             wait_for_ready=True,
@@ -127,9 +130,12 @@ class Pages:
         self.contexts: list[Any] = []
         self.loads: dict[int, int] = {}
 
-    def blank(self, viewport: dict[str, int] = DESKTOP) -> Any:
-        """A page on the web UI, signed out, with the probe installed and full page loads counted."""
-        ctx = self.browser.new_context(viewport=viewport, device_scale_factor=1)
+    def blank(self, viewport: dict[str, int] = DESKTOP, bypass_csp: bool = False) -> Any:
+        """A page on the web UI, signed out, with the probe installed and full page loads counted.
+
+        `bypass_csp` switches the page's Content-Security-Policy off, to see what the UI's own code does.
+        """
+        ctx = self.browser.new_context(viewport=viewport, device_scale_factor=1, bypass_csp=bypass_csp)
         ctx.set_default_timeout(T)
         ctx.add_init_script(PROBE_SCRIPT)
         self.contexts.append(ctx)
@@ -151,8 +157,12 @@ class Pages:
         page.locator(sel("connection-indicator", state="connected")).wait_for()
         return page
 
-    def open_as(self, user: str, viewport: dict[str, int] = DESKTOP) -> Any:
-        return self.sign_in(self.blank(viewport), user)
+    def open_as(self, user: str, viewport: dict[str, int] = DESKTOP, bypass_csp: bool = False) -> Any:
+        return self.sign_in(self.blank(viewport, bypass_csp), user)
+
+    def csp_violations(self) -> list[dict[str, str]]:
+        """What broke the Content-Security-Policy in any page still open: the UI must run under it untouched."""
+        return [v for ctx in self.contexts for page in ctx.pages for v in csp_violations(page)]
 
     def close(self) -> None:
         for ctx in self.contexts:
@@ -164,6 +174,7 @@ def pages(stack: DevStack, browser: Any) -> Iterator[Pages]:
     p = Pages(stack, browser)
     try:
         yield p
+        assert not p.csp_violations(), f"the UI broke its Content-Security-Policy: {p.csp_violations()}"
     finally:
         p.close()
 
@@ -457,7 +468,132 @@ def test_phone_width_shows_one_pane_with_a_back_button(stack: DevStack, pages: P
     row.wait_for(state="visible")
 
 
-# 6. Server restart (last: it disturbs the stack) ----------------------------------------------------------
+# 6. Hardening: the token stays home, the UI keeps to its policy, user text cannot rearrange the UI -------------
+# Ways a link could try to point the UI's API (and so its bearer token) elsewhere; {0} is the other host.
+PAGE_URL_OVERRIDES = ("/?api={0}", "/?api={0}#/", "/#/?api={0}", "/?apiUrl={0}&baseUrl={0}&server={0}", "/#api={0}")
+
+
+def test_nothing_in_the_page_url_sends_the_token_to_another_host(stack: DevStack, pages: Pages) -> None:
+    with elsewhere() as other:
+        # The policy's connect-src would refuse such a call as well: switched off, to test what the UI chooses.
+        page = pages.open_as("alice", bypass_csp=True)
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+        for template in PAGE_URL_OVERRIDES:
+            url = stack.web_url + template.format(other.url)
+            page.goto(url)  # signed in already: the token is in localStorage
+            try:
+                page.locator(sel("connection-indicator", state="connected")).wait_for()
+            finally:
+                assert not other.requests, f"{url} made the UI call another host: {other.requests}"
+    elsewhere_calls = [u for u in requested if not u.startswith((stack.web_url + "/", "data:"))]
+    assert any("/sms.v1.SmsService/" in u for u in requested) and not elsewhere_calls, elsewhere_calls
+
+
+def test_the_ui_runs_under_a_content_security_policy_and_no_other_site_can_frame_it(
+    stack: DevStack, pages: Pages, api: Api
+) -> None:
+    contact = new_contact()
+    api.send("alice", contact, "Your order is on its way.")
+    page = pages.blank()
+    response = page.goto(stack.web_url + "/")
+    assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    pages.sign_in(page, "alice")
+    item(page, contact).click()
+    bubble(page, "on its way").wait_for()
+    page.get_by_test_id("new-message-button").click()
+    page.get_by_test_id("new-message-form").wait_for()
+    assert csp_violations(page) == []  # the built UI needs nothing the policy refuses
+
+    # The policy is in force: an injected inline script does not run, a call to another host is refused.
+    with elsewhere() as other:
+        outcome = page.evaluate(
+            """(url) => {
+                const s = document.createElement('script');
+                s.textContent = 'window.__inline_ran = true';
+                document.head.append(s);
+                return fetch(url).then(() => 'fetched', () => 'refused').then((r) => [r, !!window.__inline_ran]);
+            }""",
+            other.url + "/collect",
+        )
+        assert outcome == ["refused", False]
+        assert not other.requests
+    assert {v["directive"] for v in csp_violations(page)} == {"script-src-elem", "connect-src"}
+    page.evaluate("() => { window.__probe.csp.length = 0 }")  # provoked on purpose: not the UI's
+
+    # Another site's page cannot show the signed-in UI in a frame.
+    ui = stack.web_url + "/"
+    with elsewhere(f'<!doctype html><iframe src="{ui}" width="900" height="600"></iframe>') as foreign:
+        framer = page.context.new_page()
+        framer.goto(foreign.url + "/")
+        framer.wait_for_load_state("load")  # waits for the frame's load too
+        (frame,) = [f for f in framer.frames if f is not framer.main_frame]
+        shown = frame.evaluate("() => document.querySelector('[data-testid=sign-in-form], [data-testid=user-id]')")
+        assert frame.url != ui and shown is None, f"the UI loaded in another site's frame ({frame.url})"
+
+
+# A stray POP DIRECTIONAL ISOLATE, then RIGHT-TO-LEFT OVERRIDE: the isolate's end that a plain <bdi> or
+# `unicode-bidi: isolate` alone would take from the text, then everything after it reversed.
+HOSTILE = "\u2069\u202e"
+# What each piece of user text must sit in: its own box, its own bidi paragraph, direction from its own text.
+ISOLATION_SCRIPT = """
+(values) => values.map((value) => {
+  const boxes = [...document.querySelectorAll('body *')]
+    .filter((el) => el.textContent === value && ![...el.children].some((c) => c.textContent === value));
+  return boxes.map((el) => {
+    const style = getComputedStyle(el);
+    return [el.getAttribute('dir'), style.unicodeBidi, style.display].join(' ');
+  });
+})
+"""
+ISOLATED = {"auto isolate block", "auto isolate inline-block", "auto plaintext block", "auto plaintext inline-block"}
+
+
+def test_bidi_overrides_in_user_text_cannot_reorder_the_ui_around_it(stack: DevStack, pages: Pages, api: Api) -> None:
+    contact, contact_id = new_contact(), f"crm{HOSTILE}-7"
+    bodies = (f"Your parcel{HOSTILE} ships today", f"Where is{HOSTILE} it now?", f"Tracking{HOSTILE} 8841 sent")
+    api.send("alice", contact, bodies[0], contact_id=contact_id)
+    inject_inbound(stack, contact, bodies[1])
+    api.send("alice", contact, bodies[2])
+    page = pages.open_as("alice")
+    row = item(page, contact)
+    row.get_by_test_id("conversation-preview").filter(has_text="8841").wait_for()
+    row.click()
+    thread = page.locator(sel("thread", contact=contact))
+    for body in bodies:
+        bubble(page, body.split(HOSTILE)[0]).wait_for()
+
+    # Every body, preview and id sits alone in an element that isolates it.
+    values = [*bodies, contact_id, contact]
+    shapes = dict(zip(values, page.evaluate(ISOLATION_SCRIPT, values), strict=True))
+    for value, found in shapes.items():
+        assert found and set(found) <= ISOLATED, f"{value!r} is shown in {found or 'no element of its own'}"
+    # 3 bubbles, the preview; the contact id in the row and the thread's header; the number in both.
+    assert [len(shapes[v]) for v in values] == [1, 1, 2, 2, 2]
+
+    # The UI's own words around user text read left to right, in their places.
+    you, preview = row.get_by_test_id("conversation-preview-you"), row.get_by_test_id("conversation-preview")
+    assert reads_left_to_right(you, "You:")
+    you_box, preview_box = you.bounding_box(), preview.bounding_box()
+    assert you_box and preview_box and you_box["x"] + you_box["width"] <= preview_box["x"] + 1
+    chip = row.get_by_test_id("conversation-contact-id")
+    assert reads_left_to_right(chip, "ID")
+    contact_box = row.get_by_test_id("conversation-contact").bounding_box()
+    time_box = row.locator("time").bounding_box()
+    assert time_box and contact_box and contact_box["x"] + contact_box["width"] <= time_box["x"]
+    header = thread.locator(".thread-sub")
+    assert reads_left_to_right(header, "via") and reads_left_to_right(header, "ID")
+
+    # An error quoting hostile input (a crafted link's conversation id) keeps its own label readable.
+    page.evaluate("id => { location.hash = '#/c/' + encodeURIComponent(id) }", f"nope{HOSTILE} at all")
+    toast = page.get_by_test_id("error-toast")
+    toast.wait_for()
+    label = re.search(r"\([a-z ]+\)$", toast.inner_text())
+    assert label, toast.inner_text()
+    assert reads_left_to_right(toast, label.group()), f"{label.group()!r} was reordered in {toast.inner_text()!r}"
+
+
+# 7. Server restart (last: it disturbs the stack) ----------------------------------------------------------
 def test_the_live_view_survives_a_server_restart_without_losing_messages(
     stack: DevStack, pages: Pages, api: Api
 ) -> None:

@@ -171,7 +171,7 @@ async def test_agent_claims_unassigned_inbound_conversation(
 ) -> None:
     number, agent = unique_number(), unique_user()
     first = await inbound(ingest, number, "hello, anyone?")
-    assert first.message.owner == "inbox-owner"
+    assert first.message.owner == ""  # unassigned
     reply = await send(sms, agent, number, "I can help")
     assert reply.message.conversation_id == first.message.conversation_id
     earlier = await sms.GetMessage(sms_pb2.GetMessageRequest(message_id=first.message.id), metadata=auth(agent))
@@ -358,7 +358,7 @@ async def test_inbound_creates_conversation_and_dedupes(
         assert again.duplicate and again.message.id == first.message.id
     assert await db.messages.count_documents({"twilio_sid": sid}) == 1
     conv = await db.conversations.find_one({"contact_number": number})
-    assert conv["unread_count"] == 1 and conv["message_count"] == 1 and conv["owner"] == "inbox-owner"
+    assert conv["unread_count"] == 1 and conv["message_count"] == 1 and conv["owner"] == ""
     admin = await sms.ListMessages(
         sms_pb2.ListMessagesRequest(conversation_id=conv["_id"]), metadata=auth("boss", "admin")
     )
@@ -522,7 +522,7 @@ async def test_replay_finishes_an_inbound_abandoned_half_way(
             "body": "STOP",
             "media": [],
             "status": "received",
-            "owner": "inbox-owner",
+            "owner": "",
             "twilio_sid": sid,
             "status_history": [{"status": "received", "time": long_ago, "applied": True}],
             "attempts": 0,

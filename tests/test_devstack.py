@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pymongo import MongoClient
 from sms.v1 import sms_pb2, sms_pb2_grpc, types_pb2
 
-from devstack.envoy import EnvoyPorts, envoy_command, render
+from devstack.envoy import EnvoyPorts, allowed_origins, envoy_command, normalize_origin, origin_problems, render
 from devstack.stack import load_secrets, ui_watcher
 from devstack.supervisor import ChildSpec, Console, StackFailed, Supervisor
 from server.auth import Role, verify_token
@@ -34,7 +34,10 @@ from server.config import without_settings
 from server.embedded import free_port
 from tests.support.dev_stack import DevStack, dev_stack
 from tests.support.polling import eventually
-from tests.support.processes import ROOT, ChildProcess, pid_alive
+from tests.support.processes import ROOT, SMS_GATEWAY, ChildProcess, pid_alive
+
+# A browser origin the stacks under test are configured to accept (SMS_WEB_ORIGINS), e.g. a Vite dev server.
+DEV_SERVER_ORIGIN = "http://localhost:5173"
 
 
 # grpc-web by hand ------------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ def health_upstream() -> Iterator[str]:
 def envoy(dist: Path, tmp_path: Path, health_upstream: str) -> Iterator[tuple[str, str]]:
     """Envoy running the rendered config; yields (web URL, admin URL)."""
     ports = EnvoyPorts(f"127.0.0.1:{free_port()}", health_upstream, free_port())
-    config = render(ports, tmp_path / "envoy.yaml", dist)
+    config = render(ports, tmp_path / "envoy.yaml", dist, (DEV_SERVER_ORIGIN,))
     proc = ChildProcess("envoy", envoy_command(config), without_settings(os.environ))
     admin = f"http://127.0.0.1:{ports.admin_port}"
 
@@ -173,9 +176,8 @@ async def test_envoy_serves_static_files(envoy: tuple[str, str], dist: Path) -> 
             assert resp.status == 404
 
 
-async def test_envoy_cors_preflight_exposes_grpc_headers(envoy: tuple[str, str]) -> None:
-    web, _ = envoy
-    origin = "http://localhost:5173"
+async def preflight(web: str, origin: str) -> dict[str, str]:
+    """The headers of a browser's CORS preflight from `origin` for a grpc-web call."""
     async with (
         aiohttp.ClientSession() as session,
         session.options(
@@ -188,11 +190,17 @@ async def test_envoy_cors_preflight_exposes_grpc_headers(envoy: tuple[str, str])
         ) as resp,
     ):
         assert resp.status == 200
-        assert resp.headers["access-control-allow-origin"] == origin
-        allowed = {h.strip() for h in resp.headers["access-control-allow-headers"].split(",")}
-        assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"} <= allowed
-        exposed = {h.strip() for h in resp.headers["access-control-expose-headers"].split(",")}
-        assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed
+        return {k.lower(): v for k, v in resp.headers.items()}
+
+
+async def test_envoy_cors_preflight_exposes_grpc_headers(envoy: tuple[str, str]) -> None:
+    web, _ = envoy
+    headers = await preflight(web, DEV_SERVER_ORIGIN)
+    assert headers["access-control-allow-origin"] == DEV_SERVER_ORIGIN
+    allowed = {h.strip() for h in headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"} <= allowed
+    exposed = {h.strip() for h in headers["access-control-expose-headers"].split(",")}
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed
 
 
 async def test_envoy_translates_grpc_web(envoy: tuple[str, str]) -> None:
@@ -322,6 +330,34 @@ def test_a_new_ui_build_restarts_envoy_once_it_has_settled(dist: Path) -> None:
         sup.stop_all()
 
 
+def test_only_origins_are_allowed_origins() -> None:
+    assert normalize_origin("HTTPS://Inbox.Example.com:443/") == "https://inbox.example.com"
+    assert normalize_origin("http://[::1]:5173") == "http://[::1]:5173"
+    assert allowed_origins("localhost:8080", ["http://localhost:8080", DEV_SERVER_ORIGIN]) == [
+        "http://localhost:8080",
+        DEV_SERVER_ORIGIN,
+    ]
+    # Envoy takes a pattern matching "*" as "any origin": nothing that is not one exact origin gets through.
+    for bad in ("*", "null", "http://*.example.com", "localhost:5173", "ftp://example.com", "https://a.example/app"):
+        with pytest.raises(ValueError, match="not an origin"):
+            normalize_origin(bad)
+    assert origin_problems([DEV_SERVER_ORIGIN, "*"]) == [
+        "SMS_WEB_ORIGINS: '*' is not an origin: scheme://host[:port], e.g. https://inbox.example.com"
+    ]
+
+
+def test_a_web_origin_that_is_not_one_stops_the_stack_before_it_starts(tmp_path: Path) -> None:
+    env = without_settings(os.environ)
+    # Free ports all round: were the check missing, the stack must not start on (or collide with) the defaults.
+    addrs = ("SMS_GRPC_ADDR", "SMS_BRIDGE_ADDR", "SMS_SIMULATOR_ADDR", "SMS_WEB_ADDR")
+    env.update({name: f"127.0.0.1:{free_port()}" for name in addrs}, SMS_DATA_DIR=str(tmp_path))
+    env["SMS_WEB_ORIGINS"] = "https://ok.example,*"
+    result = subprocess.run([*SMS_GATEWAY, "dev"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "SMS_WEB_ORIGINS: '*' is not an origin" in result.stdout + result.stderr
+    assert "is up" not in result.stdout
+
+
 def test_generated_secrets_persist_and_are_private(tmp_path: Path) -> None:
     first = load_secrets(tmp_path)
     assert re.fullmatch(r"AC[0-9a-f]{32}", first["twilio_account_sid"])
@@ -333,7 +369,7 @@ def test_generated_secrets_persist_and_are_private(tmp_path: Path) -> None:
 # The whole stack ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack() -> Iterator[DevStack]:
-    with dev_stack() as s:
+    with dev_stack({"SMS_WEB_ORIGINS": DEV_SERVER_ORIGIN}) as s:
         yield s
 
 
@@ -395,6 +431,39 @@ async def test_grpc_web_through_envoy_with_a_demo_token(stack: DevStack) -> None
     assert trailers["grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
 
 
+def policy(header: str) -> dict[str, list[str]]:
+    """A Content-Security-Policy header as {directive: sources}."""
+    directives = (part.split() for part in header.split(";") if part.strip())
+    return {name: sources for name, *sources in directives}
+
+
+async def test_web_answers_carry_security_headers_and_cors_allows_only_configured_origins(stack: DevStack) -> None:
+    web = stack.web_url
+    request = sms_pb2.ListConversationsRequest(page_size=1).SerializeToString()
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "origin": "http://evil.example"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(10)) as session:
+        answers = [await session.get(f"{web}{path}") for path in ("/", "/no-such-file")]
+        call = session.post(f"{web}/sms.v1.SmsService/ListConversations", headers=headers, data=grpc_web_frame(request))
+        answers.append(await call)
+        for resp in answers:
+            resp.release()
+            csp = policy(resp.headers["content-security-policy"])
+            assert csp["script-src"] == csp["connect-src"] == ["'self'"], csp  # no inline script, no other host
+            assert csp["frame-ancestors"] == ["'none'"] and csp["default-src"] == ["'none'"], csp
+            assert not any("unsafe" in source for sources in csp.values() for source in sources), csp
+            assert resp.headers["x-content-type-options"] == "nosniff"
+            assert resp.headers["referrer-policy"] == "no-referrer"
+        # A foreign page's call is answered (the token decides), but its browser is not allowed to read it.
+        assert "access-control-allow-origin" not in answers[-1].headers
+
+    # The web address itself and SMS_WEB_ORIGINS may call the API from a browser; nothing else, not even "null".
+    for origin in (web, DEV_SERVER_ORIGIN):
+        assert (await preflight(web, origin)).get("access-control-allow-origin") == origin
+    for origin in ("http://evil.example", "null", "http://localhost:5174", web.replace("127.0.0.1", "127.0.0.2")):
+        refused = await preflight(web, origin)
+        assert "access-control-allow-origin" not in refused, (origin, refused)
+
+
 def test_web_root_serves_the_ui_or_explains_how_to_build_it(stack: DevStack) -> None:
     status = http_status(stack.web_url + "/")
     if (ROOT / "clients" / "web" / "dist" / "index.html").exists():
@@ -445,9 +514,14 @@ def test_ctrl_c_stops_every_child_and_exits_zero(stack: DevStack) -> None:
     assert json.dumps(stack.info)  # the fixture's info stays readable after the stop
 
 
-def test_data_and_secrets_survive_a_restart(tmp_path: Path) -> None:
+def test_data_and_secrets_survive_a_restart_in_a_private_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)  # made earlier, readable by everyone: the stack closes it
     with dev_stack(data_dir=data_dir) as first:
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        for secret_file in ("secrets.json", "dev.json"):
+            assert stat.S_IMODE((data_dir / secret_file).stat().st_mode) == 0o600, secret_file
         r = redis.Redis.from_url(first.info["redis_url"])
         r.set("devstack-test", "kept")
         r.close()

@@ -251,7 +251,7 @@ async def test_each_subscriber_sees_exactly_its_events(
     await inbound(ingest, n1, s1)  # into a's conversation
     await status(ingest, s1, "read")
     s3 = sid()
-    await inbound(ingest, n3, s3)  # a new contact: the default owner's
+    await inbound(ingest, n3, s3)  # a new contact: unassigned, the admins'
     await send(sms, a, n3)  # a answers and takes the conversation over: later events carry a as owner
     await inbound(ingest, n3, sid())
     await send(sms, c, n4)

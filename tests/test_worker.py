@@ -22,7 +22,7 @@ from sms.v1 import sms_pb2, sms_pb2_grpc
 
 from server.documents import Fields
 from server.embedded import EmbeddedServer, free_port
-from tests.support.identities import auth, unique_number, unique_user
+from tests.support.identities import auth, bridge_env, unique_number, unique_user
 from tests.support.launch import start_listening, start_server, start_worker
 from tests.support.polling import eventually_async
 from tests.support.processes import ROOT, SMS_GATEWAY, ChildProcess
@@ -147,7 +147,8 @@ async def stack(stack_env: dict[str, str], mongo: EmbeddedServer) -> AsyncIterat
         procs.append(server)
         env["SMS_GRPC_TARGET"] = addr
         env["SMS_GRPC_ADDR"] = addr
-        procs.append(start_listening("bridge", [*SMS_GATEWAY, "bridge"], env, bridge_host, int(bridge_port)))
+        bridge_args = [*SMS_GATEWAY, "bridge"]
+        procs.append(start_listening("bridge", bridge_args, bridge_env(env), bridge_host, int(bridge_port)))
         s = Stack(env, f"http://{env['SMS_SIMULATOR_ADDR']}", client[env["MONGODB_DB"]], redis)
         s.procs = procs
         async with aiohttp.ClientSession() as http:

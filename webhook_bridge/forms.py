@@ -12,6 +12,8 @@ from sms.v1 import ingest_pb2, types_pb2
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _MEDIA_KEY = re.compile(r"MediaUrl(\d+)\Z")
 _MAX_MEDIA_INDEX = 100  # Twilio sends at most 10 attachments; anything far beyond is not a real post.
+# NumSegments and ErrorCode are int32 fields of the ingest requests.
+_INT32 = range(-(2**31), 2**31)
 
 
 class FormError(ValueError):
@@ -26,6 +28,10 @@ def parse_form(body: bytes) -> MultiDictProxy[str]:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormError("body is not a UTF-8 form") from exc
+    # Twilio never sends one, and such a name could never be stored: refusing it (400) ends the post, where a
+    # 503 from the store would have Twilio retry it without end.
+    if any("\x00" in key for key, _ in pairs):
+        raise FormError("a parameter name holds a NUL byte")
     return MultiDictProxy(MultiDict(pairs))
 
 
@@ -37,15 +43,21 @@ def _required(form: MultiDictProxy[str], name: str) -> str:
 
 
 def _int_or_keep(form: MultiDictProxy[str], name: str, params: dict[str, str]) -> int:
-    """An integer parameter; a value that does not parse is kept in params instead of failing the post."""
+    """An integer parameter; a value that does not parse is kept in params instead of failing the post.
+
+    FormError when it parses but lies outside int32: no real post carries one, and the request cannot hold it.
+    """
     raw = form.get(name, "").strip()
     if not raw:
         return 0
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         params[name] = raw
         return 0
+    if value not in _INT32:
+        raise FormError(f"{name} is out of range")
+    return value
 
 
 def _media(form: MultiDictProxy[str]) -> tuple[list[types_pb2.Media], set[str]]:

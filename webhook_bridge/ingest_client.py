@@ -1,4 +1,4 @@
-"""The bridge's gRPC client of SmsIngestService: one channel, a service token, a deadline, quick retries."""
+"""The bridge's gRPC client of SmsIngestService: one channel, an `ingest` token, a deadline, quick retries."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sms.v1 import ingest_pb2, ingest_pb2_grpc
 
-from server.auth import mint_token
+from server.auth import Role, mint_token
 from server.errors import error_reason
 from server.reasons import Reason
 from webhook_bridge.metrics import BridgeMetrics
@@ -24,9 +24,10 @@ SERVICE_USER = "webhook-bridge"
 # Health of the service the bridge needs, not just the process: the server reports it NOT_SERVING while
 # MongoDB or Redis is unreachable and while draining.
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["SmsIngestService"].full_name
-TOKEN_TTL_SECONDS = 3600
+# Short-lived: a token that leaks from the bridge is of use for minutes, and only on SmsIngestService.
+TOKEN_TTL_SECONDS = 600
 # Re-mint well before expiry so a token never expires between being attached and being checked.
-TOKEN_REFRESH_MARGIN_SECONDS = 300
+TOKEN_REFRESH_MARGIN_SECONDS = 120
 # Fast attempts on UNAVAILABLE before the last one, which waits for the channel to be ready.
 UNAVAILABLE_BACKOFF = (0.05, 0.2)
 UNAVAILABLE_WAIT_PAUSE = 0.2
@@ -75,7 +76,7 @@ class IngestError(Exception):
 
 
 class _TokenSource:
-    """A `service` bearer token minted from the shared secret and refreshed before it expires."""
+    """An `ingest` bearer token signed with SMS_INGEST_SECRET, refreshed before it expires."""
 
     def __init__(self, secret: str, user: str = SERVICE_USER, ttl: int = TOKEN_TTL_SECONDS) -> None:
         self._secret = secret
@@ -88,7 +89,7 @@ class _TokenSource:
         """Call metadata carrying a token with at least the refresh margin left."""
         now = time.time()
         if now >= self._refresh_at:
-            token = mint_token(self._secret, self._user, "service", ttl_seconds=self._ttl)
+            token = mint_token(self._secret, self._user, Role.INGEST, ttl_seconds=self._ttl)
             self._metadata = (("authorization", f"Bearer {token}"),)
             self._refresh_at = now + self._ttl - min(TOKEN_REFRESH_MARGIN_SECONDS, self._ttl // 2)
         return self._metadata
@@ -100,16 +101,17 @@ class IngestClient:
     def __init__(
         self,
         target: str,
-        jwt_secret: str,
+        ingest_secret: str,
         deadline_seconds: float,
         metrics: BridgeMetrics | None = None,
+        token_ttl_seconds: int = TOKEN_TTL_SECONDS,
     ) -> None:
-        if not jwt_secret:
-            raise ValueError("SMS_JWT_SECRET is required to call SmsIngestService")
+        if not ingest_secret:
+            raise ValueError("SMS_INGEST_SECRET is required to call SmsIngestService")
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ingest_pb2_grpc.SmsIngestServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._tokens = _TokenSource(jwt_secret)
+        self._tokens = _TokenSource(ingest_secret, ttl=token_ttl_seconds)
         self._deadline = deadline_seconds
         self._metrics = metrics or BridgeMetrics()
 

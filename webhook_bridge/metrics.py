@@ -143,10 +143,26 @@ class BridgeMetrics:
             "Internal calls repeated after UNAVAILABLE or an unknown sid, by method and cause.",
             ("method", "cause"),
         )
+        self.connections_refused = Counter(
+            "sms_bridge_connections_refused_total",
+            "Connections answered 503 and closed because SMS_BRIDGE_MAX_CONNECTIONS were open.",
+        )
+        self.connections_timed_out = Counter(
+            "sms_bridge_connections_timed_out_total",
+            "Connections closed because a request's headers did not arrive within SMS_BRIDGE_READ_TIMEOUT_SECONDS.",
+        )
 
     def render(self) -> str:
         """The whole registry in the Prometheus text exposition format (0.0.4)."""
         lines: list[str] = []
-        for metric in (self.posts, self.signature_failures, self.ingest_latency, self.ingest_retries):
+        metrics = (
+            self.posts,
+            self.signature_failures,
+            self.ingest_latency,
+            self.ingest_retries,
+            self.connections_refused,
+            self.connections_timed_out,
+        )
+        for metric in metrics:
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

@@ -11,6 +11,8 @@ List filters: To, From, DateSent, DateSent<, DateSent> (YYYY-MM-DD or an ISO 860
 sends; "<" and ">" are inclusive, as Twilio documents them); a message not yet sent is dated by its creation.
 PageSize (default 50, at most 1000), Page, PageToken ("PA<sid>" continues after that message, "PB<sid>" goes
 back before it, both stable while new messages arrive).
+List pages and fetches obey the rules `read_errors` (answer 401, 403, 429, 500 or 503) and `endless_list`
+(every page names a next one).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from devstack.twilio_sim.lifecycle import Lifecycles
+from devstack.twilio_sim.rules import READ_ERROR_CODES
 from devstack.twilio_sim.shapes import (
     API_VERSION,
     MAX_MEDIA,
@@ -63,8 +66,8 @@ class MessagesApi:
         """Serves the resource under Twilio's paths."""
         base = f"/{API_VERSION}/Accounts/{{account}}"
         router.add_post(base + "/Messages.json", self._guarded(self._create))
-        router.add_get(base + "/Messages.json", self._guarded(self._list))
-        router.add_get(base + "/Messages/{sid}.json", self._guarded(self._fetch))
+        router.add_get(base + "/Messages.json", self._guarded(self._read(self._list)))
+        router.add_get(base + "/Messages/{sid}.json", self._guarded(self._read(self._fetch)))
         router.add_post(base + "/Messages/{sid}.json", self._guarded(self._update))
         router.add_delete(base + "/Messages/{sid}.json", self._guarded(self._delete))
 
@@ -84,6 +87,19 @@ class MessagesApi:
             denied = self._check_auth(request)
             if denied is not None:
                 return denied
+            return await handler(request)
+
+        return wrapped
+
+    def _read(self, handler: Handler) -> Handler:
+        """`handler` (a list page or a fetch) under the read_errors rule."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            rule = self._state.rules.read_errors
+            if rule.fails(self._state.next_read()):
+                self._state.counters["read_errors"] += 1
+                code, text = READ_ERROR_CODES[rule.status]
+                return twilio_error(code, rule.message or text, rule.status)
             return await handler(request)
 
         return wrapped
@@ -279,10 +295,20 @@ class MessagesApi:
             "end": start + max(len(items) - 1, 0),
             "uri": uri(page, token),
             "first_page_uri": uri(0),
-            "next_page_uri": uri(page + 1, "PA" + items[-1].sid) if more and items else None,
+            "next_page_uri": self._next_page_uri(uri, page, token, items, more),
             "previous_page_uri": uri(page - 1, "PB" + items[0].sid) if page > 0 and items else None,
         }
         return web.json_response(body)
+
+    def _next_page_uri(
+        self, uri: Callable[[int, str | None], str], page: int, token: str | None, items: list[Message], more: bool
+    ) -> str | None:
+        """The next page after `items`; with `endless_list` there always is one (empty past the last message)."""
+        if items and (more or self._state.rules.endless_list):
+            return uri(page + 1, "PA" + items[-1].sid)
+        if self._state.rules.endless_list:
+            return uri(page + 1, token)
+        return None
 
 
 def twilio_error(code: int, message: str | None = None, status: int | None = None) -> web.Response:

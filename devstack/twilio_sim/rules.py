@@ -15,7 +15,9 @@ The JSON shape (every key optional; an empty object or empty string means a well
       "lifecycle_ms": {"accepted": 10, "queued": 20, "sending": 30, "sent": 50},
       "callbacks": {"order": "in_order", "copies": 1, "max_concurrency": 16, "retry_backoff_ms": 50},
       "default_status_callback": null, # used for creates that carry no StatusCallback
-      "messaging_service_from": "+15005550006"
+      "messaging_service_from": "+15005550006",
+      "read_errors": {"status": 429, "after": 0, "count": 0, "message": null},
+      "endless_list": false
     }
 
 - `create_errors` maps a To number to a Twilio error code; the create answers that code's HTTP status (400
@@ -29,6 +31,14 @@ The JSON shape (every key optional; an empty object or empty string means a well
   then post them reversed or shuffled. `copies` posts every callback that many times, all with the same
   I-Twilio-Idempotency-Token, as Twilio's at-least-once delivery may. `max_concurrency` bounds the posts in
   flight; `retry_backoff_ms` is the pause before retry n (multiplied by n).
+- `read_errors` makes reads fail: list pages (the first and every next page) and message fetches answer
+  `status` with Twilio's error JSON: 401 (20003, with the Basic auth challenge), 403 (20403), 429 (20429), 500
+  (20500) or 503 (20503); 0 or omitted is off. twilio-python raises a failed page as a bare TwilioException
+  carrying the response, a failed fetch as TwilioRestException. The first `after` reads since the rules were set
+  answer normally (1: the first page works and the next one fails), then `count` reads fail (0: every one
+  until the rules change). `message` replaces Twilio's error text, e.g. with a long one.
+- `endless_list`: every list page names a next page, also past the last message (those pages are empty), as a
+  list that pages without end.
 """
 
 from __future__ import annotations
@@ -42,6 +52,14 @@ LIFECYCLE_STATUSES = ("accepted", "queued", "sending", "sent")
 FINAL_STATUSES = ("delivered", "undelivered", "failed")
 DEFAULT_OUTCOME_CODES = {"delivered": None, "undelivered": 30003, "failed": 30008}
 CALLBACK_ORDERS = ("in_order", "reverse", "shuffle")
+# What a failed read answers, by HTTP status: Twilio's error code and text.
+READ_ERROR_CODES: dict[int, tuple[int, str]] = {
+    401: (20003, "Authenticate"),
+    403: (20403, "Forbidden"),
+    429: (20429, "Too Many Requests"),
+    500: (20500, "An internal server error has occurred"),
+    503: (20503, "Service Unavailable"),
+}
 
 
 class RulesError(ValueError):
@@ -67,6 +85,20 @@ class CallbackRules:
 
 
 @dataclass(frozen=True)
+class ReadErrors:
+    """Which reads (list pages and fetches) fail, and how; `status` 0 is off."""
+
+    status: int = 0
+    after: int = 0
+    count: int = 0
+    message: str | None = None
+
+    def fails(self, read: int) -> bool:
+        """Whether read number `read` (0-based, counted since the rules were set) fails."""
+        return bool(self.status) and read >= self.after and (self.count == 0 or read < self.after + self.count)
+
+
+@dataclass(frozen=True)
 class Rules:
     """One immutable set of rules; the simulator swaps the whole object when it changes."""
 
@@ -84,6 +116,8 @@ class Rules:
     callbacks: CallbackRules = field(default_factory=CallbackRules)
     default_status_callback: str | None = None
     messaging_service_from: str = "+15005550006"
+    read_errors: ReadErrors = field(default_factory=ReadErrors)
+    endless_list: bool = False
 
     def outcome_for(self, to: str) -> Outcome:
         """The final outcome for messages to `to`."""
@@ -145,6 +179,21 @@ def _callbacks(raw: Any) -> CallbackRules:
     )
 
 
+def _read_errors(raw: Any) -> ReadErrors:
+    if not isinstance(raw, dict):
+        raise RulesError(f"read_errors must be an object, got {raw!r}")
+    unknown = set(raw) - set(ReadErrors.__dataclass_fields__)
+    if unknown:
+        raise RulesError(f"unknown keys in read_errors: {sorted(unknown)}")
+    status = _int(raw, "status", 0)
+    if status and status not in READ_ERROR_CODES:
+        raise RulesError(f"read_errors.status must be 0 or one of {sorted(READ_ERROR_CODES)}, got {status!r}")
+    message = raw.get("message")
+    if message is not None and not isinstance(message, str):
+        raise RulesError("read_errors.message must be a string or null")
+    return ReadErrors(status=status, after=_int(raw, "after", 0), count=_int(raw, "count", 0), message=message)
+
+
 def parse_rules(data: Any) -> Rules:
     """Validates a decoded rules object and builds `Rules`; raises RulesError."""
     if data is None:
@@ -180,6 +229,9 @@ def parse_rules(data: Any) -> Rules:
     ms_from = data.get("messaging_service_from", Rules.messaging_service_from)
     if not isinstance(ms_from, str) or not ms_from:
         raise RulesError("messaging_service_from must be a phone number")
+    endless = data.get("endless_list", False)
+    if not isinstance(endless, bool):
+        raise RulesError(f"endless_list must be true or false, got {endless!r}")
     return Rules(
         seed=seed,
         latency_ms=_int(data, "latency_ms", 0),
@@ -193,6 +245,8 @@ def parse_rules(data: Any) -> Rules:
         callbacks=_callbacks(data.get("callbacks", {})),
         default_status_callback=callback_url or None,
         messaging_service_from=ms_from,
+        read_errors=_read_errors(data.get("read_errors", {})),
+        endless_list=endless,
     )
 
 

@@ -24,6 +24,8 @@ STAT_NAMES = (
     "creates_429",
     "creates_500",
     "create_errors",
+    "reads",
+    "read_errors",
     "callbacks_delivered",
     "callbacks_failed",
     "status_attempts",
@@ -80,6 +82,8 @@ class AccountState:
         """Puts `rules` in force (random choices restart from its seed)."""
         self.rules = rules
         self.random = random.Random(rules.seed)
+        # Reads (list pages, fetches) since these rules were set: the read_errors rule counts from here.
+        self._reads = 0
         # A new semaphore applies the new bound to new posts; posts in flight finish under the old one.
         self.semaphore = asyncio.Semaphore(rules.callbacks.max_concurrency)
 
@@ -100,6 +104,12 @@ class AccountState:
     def in_order(self, newest_first: bool = False) -> list[Message]:
         """The stored messages oldest first (or newest first)."""
         return sorted(self.messages.values(), key=lambda m: m.seq, reverse=newest_first)
+
+    def next_read(self) -> int:
+        """Counts one read (a list page or a fetch); returns its number since the rules were set, from 0."""
+        self.counters["reads"] += 1
+        self._reads += 1
+        return self._reads - 1
 
     def record_attempt(self, attempt: dict[str, Any]) -> None:
         """Logs one webhook attempt and counts it by kind and outcome."""

@@ -28,7 +28,7 @@ from server.worker.jobs import send_message
 from server.worker.queue import SEND_JOB
 from server.worker.reconcile import every, reconcile_once
 from server.worker.sending import Sending
-from server.worker.twilio_client import TwilioClient
+from server.worker.twilio_client import TwilioClient, TwilioFailure
 from server.worker.twilio_sync import sync_window
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,12 @@ async def startup(ctx: dict[str, Any]) -> None:
 
         async def periodic_sync() -> None:
             end = now()
-            await sync_window(res.store, gateway, twilio, end - window, end)
+            try:
+                # Bounded by SMS_SYNC_MAX_PAGES and SMS_SYNC_DEADLINE_SECONDS; a run that stops early logs how far
+                # back it got (sync_window). A Twilio outage is a warning, not a traceback per tick.
+                await sync_window(cfg, res.store, gateway, twilio, end - window, end)
+            except TwilioFailure as failure:
+                log.warning("periodic sync: Twilio could not be read: %s", failure)
 
         tasks.append(
             asyncio.create_task(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -33,8 +34,15 @@ TOO_MANY_REQUESTS = 20429
 SENDER_QUEUE_FULL = 21611
 TRANSIENT_CODES = frozenset({TOO_MANY_REQUESTS, SENDER_QUEUE_FULL})
 AUTH_FAILED = 20003
+# HTTP statuses Twilio answers for credentials it does not accept (or an account that may not do this).
+CREDENTIAL_STATUSES = frozenset({401, 403})
 _CREATE_PREFIX = "Unable to create record: "
 _FETCH_PREFIX = "Unable to fetch page: "
+# Error text from Twilio (or a proxy in front of it) is quoted at most this long: it ends up in logs, in stored
+# messages' last_error and in RPC errors, and an error page may be any size.
+MAX_ERROR_TEXT = 200
+# A larger error body is not parsed for its code and message (Twilio's error JSON is small).
+MAX_ERROR_BODY = 1024 * 1024
 
 
 class TwilioFailure(Exception):
@@ -47,12 +55,18 @@ class TwilioFailure(Exception):
     def __init__(
         self, code: int, message: str, *, transient: bool, maybe_processed: bool, http_status: int = 0
     ) -> None:
+        message = bounded(message)
         super().__init__(f"{code or http_status or 'no code'}: {message}")
         self.code = code
         self.message = message
         self.transient = transient
         self.maybe_processed = maybe_processed
         self.http_status = http_status
+
+    @property
+    def credentials_refused(self) -> bool:
+        """Twilio does not accept the account sid and auth token (or they may not do this): an operator's fix."""
+        return self.http_status in CREDENTIAL_STATUSES or self.code == AUTH_FAILED
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class TwilioMessage:
     error_message: str
     date_created: datetime | None
     date_sent: datetime | None
+    messaging_service_sid: str = ""
 
     @classmethod
     def of(cls, inst: Any) -> TwilioMessage:
@@ -92,7 +107,21 @@ class TwilioMessage:
             error_message=str(inst.error_message or ""),
             date_created=aware(inst.date_created) if isinstance(inst.date_created, datetime) else None,
             date_sent=aware(inst.date_sent) if isinstance(inst.date_sent, datetime) else None,
+            messaging_service_sid=str(inst.messaging_service_sid or ""),
         )
+
+    @property
+    def moment(self) -> datetime | None:
+        """When it was sent (or, not sent yet, created): the time a sync window and DateSent filter go by."""
+        return self.date_sent or self.date_created
+
+
+@dataclass(frozen=True)
+class TwilioPage:
+    """One page of Twilio's message list; `more` when Twilio names a next page."""
+
+    messages: list[TwilioMessage]
+    more: bool
 
 
 def _int(value: Any) -> int:
@@ -102,9 +131,15 @@ def _int(value: Any) -> int:
         return 0
 
 
+def bounded(text: str) -> str:
+    """`text` on one line, cut to MAX_ERROR_TEXT characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
 def classify(exc: BaseException, timeout: float) -> TwilioFailure:
     """Maps an exception from a Twilio call to a TwilioFailure; re-raises what is not a Twilio/network error."""
-    from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+    from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 
     if isinstance(exc, TwilioFailure):
         return exc
@@ -114,14 +149,18 @@ def classify(exc: BaseException, timeout: float) -> TwilioFailure:
         status = int(getattr(exc, "status", 0) or 0)
         code = _int(getattr(exc, "code", 0)) or status
         message = str(getattr(exc, "msg", "") or getattr(exc, "detail", "") or getattr(exc, "title", "") or exc)
-        message = message.removeprefix(_CREATE_PREFIX).removeprefix(_FETCH_PREFIX)
-        if status == 429 or code in TRANSIENT_CODES:
-            # Rejected before processing: safe to send again.
-            return TwilioFailure(code, message, transient=True, maybe_processed=False, http_status=status)
-        if status >= 500:
-            # A 5xx (or a proxy's 502/504) does not prove that nothing was created.
-            return TwilioFailure(code, message, transient=True, maybe_processed=True, http_status=status)
-        return TwilioFailure(code, message, transient=False, maybe_processed=False, http_status=status)
+        return by_status(status, code, message.removeprefix(_CREATE_PREFIX).removeprefix(_FETCH_PREFIX))
+    if isinstance(exc, TwilioException):
+        # A list or next-page request that did not answer 200: twilio-python raises a bare
+        # TwilioException("Unable to fetch page", response) (twilio/base/page.py), whose text is the whole body.
+        response = exc.args[1] if len(exc.args) > 1 else None
+        answered = getattr(response, "status_code", None)
+        if isinstance(answered, int):
+            code, message = _error_body(str(getattr(response, "text", "") or ""))
+            return by_status(answered, code or answered, message or f"Twilio answered HTTP {answered}")
+        return _unreadable(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        return _unreadable(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         # The connection was never made, so the request never reached Twilio.
         return TwilioFailure(0, f"cannot connect to Twilio: {exc}", transient=True, maybe_processed=False)
@@ -130,6 +169,38 @@ def classify(exc: BaseException, timeout: float) -> TwilioFailure:
             0, f"network error talking to Twilio: {exc.__class__.__name__}: {exc}", transient=True, maybe_processed=True
         )
     raise exc
+
+
+def by_status(status: int, code: int, message: str) -> TwilioFailure:
+    """The failure of a request Twilio answered with HTTP `status` and error `code` (design.md rule 4)."""
+    if status == 429 or code in TRANSIENT_CODES:
+        # Rejected before processing: safe to send again.
+        return TwilioFailure(code, message, transient=True, maybe_processed=False, http_status=status)
+    if status >= 500:
+        # A 5xx (or a proxy's 502/504) does not prove that nothing was created.
+        return TwilioFailure(code, message, transient=True, maybe_processed=True, http_status=status)
+    return TwilioFailure(code, message, transient=False, maybe_processed=False, http_status=status)
+
+
+def _error_body(text: str) -> tuple[int, str]:
+    """Twilio's error code and message from an error body: its legacy JSON or RFC 9457; (0, "") otherwise."""
+    if len(text) > MAX_ERROR_BODY:
+        return 0, ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return 0, ""
+    if not isinstance(body, dict):
+        return 0, ""
+    message = body.get("message") or body.get("detail") or body.get("title") or ""
+    return _int(body.get("code")), str(message)
+
+
+def _unreadable(exc: Exception) -> TwilioFailure:
+    # A body that is not Twilio's JSON (a proxy's page, a cut connection): Twilio may have acted on the request.
+    return TwilioFailure(
+        0, f"Twilio's answer could not be read: {exc.__class__.__name__}", transient=True, maybe_processed=True
+    )
 
 
 class TwilioClient:
@@ -188,7 +259,7 @@ class TwilioClient:
         inst = await self._call(lambda: self.client.messages.create_async(**kwargs))
         return TwilioMessage.of(inst)
 
-    async def messages(
+    async def pages(
         self,
         *,
         to: str | None = None,
@@ -196,9 +267,12 @@ class TwilioClient:
         sent_after: datetime | str | None = None,
         sent_before: datetime | str | None = None,
         page_size: int = 100,
-        max_pages: int | None = None,
-    ) -> AsyncIterator[TwilioMessage]:
-        """Twilio's message list (newest first), page by page; each page is one bounded request."""
+    ) -> AsyncGenerator[TwilioPage, None]:
+        """Twilio's message list (newest first), one page per step; each page is one bounded request.
+
+        A page is requested only when the caller asks for it, so the caller decides how many to read (Twilio's
+        list may name next pages without end); close the iterator (contextlib.aclosing) when stopping early.
+        """
         kwargs: dict[str, Any] = {"page_size": page_size}
         if to:
             kwargs["to"] = to
@@ -210,12 +284,9 @@ class TwilioClient:
             kwargs["date_sent_before"] = sent_before
         messages = self.client.messages
         page = await self._call(lambda: messages.page_async(**kwargs))
-        pages = 1
         while True:
-            for inst in page:
-                yield TwilioMessage.of(inst)
             url = page.next_page_url
-            if not url or (max_pages is not None and pages >= max_pages):
+            yield TwilioPage([TwilioMessage.of(inst) for inst in page], more=bool(url))
+            if not url:
                 return
             page = await self._call(functools.partial(messages.get_page_async, url))
-            pages += 1

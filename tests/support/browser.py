@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -78,11 +84,15 @@ def screenshot(page: Any, name: str) -> None:
 # In-page probes -----------------------------------------------------------------------------------------
 # Installed before the app's script runs: MutationObservers that record what the page ever showed, so a test
 # can assert on transient states (a tick's progression, the indicator's flips, a row that must never appear)
-# instead of sampling and hoping.
+# instead of sampling and hoping. Content-Security-Policy violations are recorded too: the UI must run under its
+# policy without one.
 PROBE_SCRIPT = """
 (() => {
-  const probe = { statuses: {}, states: [], contacts: {}, arrivals: {} };
+  const probe = { statuses: {}, states: [], contacts: {}, arrivals: {}, csp: [] };
   window.__probe = probe;
+  document.addEventListener('securitypolicyviolation', (e) => {
+    probe.csp.push({ directive: e.effectiveDirective, blocked: e.blockedURI, sample: e.sample });
+  });
   const scan = () => {
     for (const b of document.querySelectorAll('[data-testid="message-bubble"]')) {
       const id = b.dataset.messageId, s = b.dataset.status;
@@ -114,3 +124,92 @@ def probe(page: Any) -> dict[str, Any]:
     """What the in-page probe recorded so far."""
     result: dict[str, Any] = page.evaluate("() => window.__probe")
     return result
+
+
+def csp_violations(page: Any) -> list[dict[str, str]]:
+    """The Content-Security-Policy violations the probe saw in `page` (none on a page without the probe)."""
+    found: list[dict[str, str]] = page.evaluate("() => window.__probe ? window.__probe.csp : []")
+    return found
+
+
+# Another origin --------------------------------------------------------------------------------------------
+@dataclass
+class Elsewhere:
+    """An HTTP server on another origin (another port): what reached it, and the page it answers with."""
+
+    url: str
+    page: str
+    requests: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def elsewhere(page: str = "") -> Iterator[Elsewhere]:
+    """An HTTP server on a free port of 127.0.0.1 for the with-block: records every request as "METHOD path
+    (authorization: …)" and answers each with `page` as HTML, so a test can tell whether anything reached it and
+    can serve a foreign site's page."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
+    site = Elsewhere(f"http://127.0.0.1:{server.server_port}", page)
+    server.site = site  # type: ignore[attr-defined]  # what the handler records into
+    thread = threading.Thread(target=server.serve_forever, name="elsewhere", daemon=True)
+    thread.start()
+    try:
+        yield site
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        site: Elsewhere = self.server.site  # type: ignore[attr-defined]
+        site.requests.append(f"{self.command} {self.path} (authorization: {self.headers.get('authorization')})")
+        body = site.page.encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_OPTIONS = do_PUT = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reports what arrived."""
+
+
+# Bidi: where glyphs land -----------------------------------------------------------------------------------
+# The left edges of the characters of the last occurrence of `text` in an element's text (blanks skipped), by one
+# Range per character: text in reading order has growing edges, text reordered by a bidi override does not.
+CHAR_LEFTS_SCRIPT = r"""
+(el, text) => {
+  const nodes = [];
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) nodes.push(n);
+  const start = nodes.map((n) => n.data).join('').lastIndexOf(text);
+  if (start < 0) return null;
+  const lefts = [];
+  for (let i = start; i < start + text.length; i++) {
+    let offset = i, k = 0;
+    while (offset >= nodes[k].data.length) offset -= nodes[k++].data.length;
+    if (/\s/.test(nodes[k].data[offset])) continue;
+    const range = document.createRange();
+    range.setStart(nodes[k], offset);
+    range.setEnd(nodes[k], offset + 1);
+    lefts.push(range.getBoundingClientRect().left);
+  }
+  return lefts;
+}
+"""
+
+
+def char_lefts(locator: Any, text: str) -> list[float]:
+    """The left edges of the non-blank characters of the last `text` in `locator`'s element, in text order."""
+    lefts: list[float] | None = locator.evaluate(CHAR_LEFTS_SCRIPT, text)
+    assert lefts is not None, f"{text!r} is not in {locator}"
+    return lefts
+
+
+def reads_left_to_right(locator: Any, text: str) -> bool:
+    """Whether the last `text` in `locator`'s element is laid out in reading order, left to right."""
+    lefts = char_lefts(locator, text)
+    return all(a < b for a, b in pairwise(lefts))

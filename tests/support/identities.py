@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from server.auth import mint_token
 
 JWT_SECRET = "test-secret-not-for-production-0123456789"
+# The bridge's key: signs `ingest` tokens only (at least 32 bytes, like every signing key).
+INGEST_SECRET = "test-ingest-secret-not-for-production-0123456789"
+
+
+def bridge_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` as a webhook bridge gets it: without SMS_JWT_SECRET, which a bridge must not hold."""
+    return {k: v for k, v in env.items() if k != "SMS_JWT_SECRET"}
 
 
 def token(user: str, role: str = "agent") -> str:

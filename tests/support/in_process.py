@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from aiohttp import web
 from sms.v1 import ingest_pb2_grpc, sms_pb2_grpc
 
 from devstack.twilio_sim import TwilioSimulator, parse_rules
@@ -19,8 +18,8 @@ from server.config import Config
 from server.embedded import free_port
 from server.resources import Resources, open_resources
 from server.worker.settings import work
-from tests.support.identities import JWT_SECRET
-from webhook_bridge.app import build_app
+from tests.support.identities import INGEST_SECRET, JWT_SECRET, bridge_env
+from webhook_bridge.app import build_app, make_runner, make_site
 
 SIM_ACCOUNT_SID = "AC" + "0" * 32
 SIM_AUTH_TOKEN = "in-process-simulator-token"
@@ -56,8 +55,8 @@ def house_env(mongodb_uri: str, redis_url: str, **overrides: str) -> dict[str, s
         "SMS_ARQ_QUEUE": f"arq:inproc:{unique}",
         "SMS_EVENT_STREAM": f"sms:events:inproc:{unique}",
         "SMS_JWT_SECRET": JWT_SECRET,
+        "SMS_INGEST_SECRET": INGEST_SECRET,
         "SMS_DEFAULT_REGION": "US",
-        "SMS_DEFAULT_OWNER": "inbox-owner",
         "TWILIO_ACCOUNT_SID": SIM_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": SIM_AUTH_TOKEN,
         "TWILIO_FROM_NUMBER": FROM_NUMBER,
@@ -82,13 +81,14 @@ async def running_house(env: Mapping[str, str]) -> AsyncIterator[House]:
     sim = TwilioSimulator(Config.from_env(settings))
     sim_url = await sim.start()
     cfg = Config.from_env({**settings, "TWILIO_API_BASE_URL": sim_url})
-    bridge = web.AppRunner(build_app(cfg), access_log=None)
+    bridge_cfg = Config.from_env(bridge_env({**settings, "TWILIO_API_BASE_URL": sim_url}))
+    bridge = make_runner(bridge_cfg, build_app(bridge_cfg))
     try:
         async with open_resources(cfg) as res:
             server = GatewayServer(cfg, res)
             await server.start()
             await bridge.setup()
-            await web.TCPSite(bridge, "127.0.0.1", bridge_port).start()
+            await make_site(bridge_cfg, bridge, "127.0.0.1", bridge_port).start()
             try:
                 async with grpc.aio.insecure_channel(cfg.grpc_addr) as channel:
                     yield House(

@@ -5,11 +5,14 @@ import { SmsService } from "./gen/sms/v1/sms_pb.js";
 
 export type SmsClient = Client<typeof SmsService>;
 
-/** Same origin as the page (Envoy serves the UI and grpc-web); `?api=<url>` overrides it for development. */
+/**
+ * Where the API is: the origin the page was served from (Envoy serves the UI and grpc-web), or VITE_SMS_API_URL
+ * when the build set it (a UI served apart from the API, e.g. `npm run dev`). Never from the page's URL: every call
+ * carries the bearer token, and a link must not be able to send it to another host.
+ */
 export function apiBaseUrl(): string {
-  const override = new URLSearchParams(window.location.search).get("api");
-  if (override) return override.replace(/\/+$/, "");
-  return window.location.origin;
+  const built = import.meta.env.VITE_SMS_API_URL;
+  return built ? built.replace(/\/+$/, "") : window.location.origin;
 }
 
 export function makeClient(getToken: () => string | null): SmsClient {
@@ -55,15 +58,25 @@ export function decodeJwt(token: string): Claims {
   };
 }
 
-/** A human-readable line for any error, gRPC ones with their code. */
-export function errorText(err: unknown): string {
+/** An error's message (for gRPC errors the server's, which may quote what a user sent) and its readable code. */
+export interface ErrorParts {
+  message: string;
+  code: string;
+}
+
+export function errorParts(err: unknown): ErrorParts {
   if (err instanceof ConnectError) {
-    const code = Code[err.code] ?? String(err.code);
-    const name = code.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase();
-    return err.rawMessage ? `${err.rawMessage} (${name})` : name;
+    const code = (Code[err.code] ?? String(err.code)).replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase();
+    return { message: err.rawMessage, code };
   }
-  if (err instanceof Error) return err.message;
-  return String(err);
+  return { message: err instanceof Error ? err.message : String(err), code: "" };
+}
+
+/** A human-readable line for any error, gRPC ones with their code: `<message> (<code>)`. */
+export function errorText(err: unknown): string {
+  const { message, code } = errorParts(err);
+  if (!code) return message;
+  return message ? `${message} (${code})` : code;
 }
 
 export function errorCode(err: unknown): Code | undefined {

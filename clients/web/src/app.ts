@@ -1,6 +1,6 @@
 // The signed-in inbox: the page's frame, the routes between its views, and the live stream feeding them.
 import { Code } from "@connectrpc/connect";
-import { errorCode, errorText, makeClient, type Claims, type SmsClient } from "./api.js";
+import { errorCode, makeClient, type Claims, type SmsClient } from "./api.js";
 import { ConnectionIndicator } from "./connection-indicator.js";
 import { ConversationList } from "./conversation-list.js";
 import { QueueDashboard } from "./dashboard.js";
@@ -14,7 +14,7 @@ import { parseRoute, type Route } from "./route.js";
 import { ThreadView } from "./thread.js";
 import { Topbar } from "./topbar.js";
 import { LatestById, newerConversation } from "./versions.js";
-import { backButton } from "./views.js";
+import { backButton, errorLine } from "./views.js";
 
 export class InboxApp implements Inbox {
   readonly el: HTMLElement;
@@ -37,7 +37,7 @@ export class InboxApp implements Inbox {
   constructor(
     private readonly token: string,
     readonly claims: Claims,
-    private readonly onSignOut: (message?: string) => void,
+    private readonly onSignOut: (message?: Node) => void,
   ) {
     this.client = makeClient(() => this.token);
     this.isAdmin = claims.role === "admin";
@@ -64,7 +64,7 @@ export class InboxApp implements Inbox {
         this.dashboard?.bump();
       },
       onState: (state, detail) => this.indicator.show(state, detail),
-      onUnauthenticated: (msg) => this.signOut(`Signed out: ${msg}`),
+      onUnauthenticated: (err) => this.signOut(errorLine(err, "Signed out")),
     });
 
     const onHash = () => this.applyRoute();
@@ -116,11 +116,11 @@ export class InboxApp implements Inbox {
 
   reportError(err: unknown, what: string): void {
     const code = errorCode(err);
-    if (code === Code.Unauthenticated) this.signOut(`Signed out: ${errorText(err)}`);
-    else if (code !== Code.Canceled) this.toast.show(`${what}: ${errorText(err)}`);
+    if (code === Code.Unauthenticated) this.signOut(errorLine(err, "Signed out"));
+    else if (code !== Code.Canceled) this.toast.show(errorLine(err, what));
   }
 
-  private signOut(message?: string): void {
+  private signOut(message?: Node): void {
     this.destroy();
     this.onSignOut(message);
   }

@@ -1,12 +1,11 @@
 // The sidebar: the conversations the user may see, newest activity first, paged in by scrolling down; the app keeps
 // it live by upserting into the shared store and re-rendering.
-import { errorText } from "./api.js";
 import { KeyedElements, h, icon, sentinelInView, syncChildren, watchSentinel } from "./dom.js";
 import { tsMillis } from "./format.js";
 import type { Conversation } from "./gen/sms/v1/types_pb.js";
 import { showsOwner, type Inbox } from "./inbox.js";
 import { Pager } from "./pager.js";
-import { ICONS, conversationItem } from "./views.js";
+import { ICONS, conversationItem, errorLine } from "./views.js";
 
 const PAGE_SIZE = 30;
 
@@ -28,8 +27,8 @@ export class ConversationList {
   private readonly observer: IntersectionObserver;
   private readonly pager: Pager<Conversation>;
   private readonly rows = new KeyedElements();
-  /** Why the last page failed, shown with a Retry until the next attempt. */
-  private error = "";
+  /** Why the last page failed, shown with a Retry until the next attempt; null when it did not. */
+  private error: unknown = null;
   private activeId = "";
 
   constructor(private readonly inbox: Inbox) {
@@ -74,19 +73,19 @@ export class ConversationList {
   async loadMore(): Promise<void> {
     const loading = this.pager.load();
     if (!loading) return;
-    this.error = "";
+    this.error = null;
     this.renderStatus();
     const page = await loading;
     if (!page) return;
     if ("error" in page) {
-      this.error = errorText(page.error);
+      this.error = page.error;
       this.inbox.reportError(page.error, "Loading conversations");
     } else {
       for (const c of page.items) this.inbox.conversations.put(c);
     }
     this.render();
     // The sentinel may still be in view (short pages, tall screens): keep filling.
-    if (!this.error && this.pager.more && sentinelInView(this.sentinel, this.scroller)) void this.loadMore();
+    if (this.error === null && this.pager.more && sentinelInView(this.sentinel, this.scroller)) void this.loadMore();
   }
 
   /** Events were missed that cannot be replayed: forget every conversation and list them again. */
@@ -124,15 +123,16 @@ export class ConversationList {
 
   private renderStatus(): void {
     const loading = this.pager.loading;
-    const failed = !!this.error && !loading;
+    const failed = this.error !== null && !loading;
     let text = "";
     if (loading) text = "Loading…";
-    else if (this.error) text = `Could not load conversations. ${this.error}`;
-    else if (this.pager.finished && this.inbox.conversations.size === 0) text = "No conversations yet.";
+    else if (this.pager.finished && this.inbox.conversations.size === 0 && !failed) text = "No conversations yet.";
     this.status.textContent = text;
     this.status.classList.toggle("error", failed);
     if (failed) {
       this.status.append(
+        "Could not load conversations. ",
+        errorLine(this.error),
         " ",
         h("button", { class: "link", type: "button", onclick: () => void this.loadMore() }, "Retry"),
       );

@@ -30,6 +30,21 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return el;
 }
 
+/**
+ * Text that came from outside the UI (a body, a number, a contact id, a user id, a server message quoting input), in
+ * an element of its own with `dir="auto"` and the `user-text` class (see style.css): bidi controls in it (U+202E …)
+ * reorder its own characters only, never the labels, times and badges around it.
+ */
+export function userText<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Attrs | null,
+  text: string,
+): HTMLElementTagNameMap[K] {
+  const el = h(tag, { ...attrs, dir: "auto" }, text);
+  el.classList.add("user-text");
+  return el;
+}
+
 function append(el: Node, children: (Child | Child[])[]): void {
   for (const c of children) {
     if (Array.isArray(c)) append(el, c);

@@ -17,8 +17,8 @@ export class ErrorToast {
     });
   }
 
-  show(text: string): void {
-    this.el.textContent = text;
+  show(line: Node): void {
+    this.el.replaceChildren(line);
     this.el.hidden = false;
     window.clearTimeout(this.timer);
     this.timer = window.setTimeout(() => this.hide(), SHOWN_MS);

@@ -13,8 +13,8 @@ export interface LiveHandlers {
   /** A stream (re)opened. `resumed` is false when it started without a resume token (a gap is possible). */
   onConnected(resumed: boolean): void;
   onState(state: LiveState, detail: string): void;
-  /** The server rejected our token: stop and sign out. */
-  onUnauthenticated(message: string): void;
+  /** The server rejected our token (`err`): stop and sign out. */
+  onUnauthenticated(err: unknown): void;
 }
 
 const MIN_BACKOFF_MS = 500;
@@ -108,7 +108,7 @@ export class LiveConnection {
         if (this.stopped) break;
         if (errorCode(err) === Code.Unauthenticated) {
           this.stopped = true;
-          this.handlers.onUnauthenticated(errorText(err));
+          this.handlers.onUnauthenticated(err);
           break;
         }
         detail = abort.signal.aborted ? "stream silent, reconnecting" : errorText(err);

@@ -26,7 +26,7 @@ function writeToken(token: string | null): void {
   }
 }
 
-function showSignIn(message = ""): void {
+function showSignIn(message: Node | string = ""): void {
   current = null;
   document.title = "Sign in · SMS Inbox";
   const input = h("textarea", {

@@ -1,10 +1,9 @@
 // The new-message form: text any number (with an optional CRM contact id), then open that message's conversation.
-import { errorText } from "./api.js";
 import { h, icon, submitOnEnter } from "./dom.js";
 import type { Inbox } from "./inbox.js";
 import { conversationHash, go } from "./route.js";
 import { MAX_BODY_CHARS, RequestIds } from "./send-request.js";
-import { ICONS, backButton } from "./views.js";
+import { ICONS, backButton, errorLine } from "./views.js";
 
 /** The form has one payload at a time, so one request-id slot. */
 const SLOT = "new";
@@ -111,7 +110,7 @@ export class NewMessageForm {
         go(conversationHash(conversationId));
       }
     } catch (err) {
-      error.textContent = errorText(err);
+      error.replaceChildren(errorLine(err));
       this.inbox.reportError(err, "Message not sent");
     } finally {
       this.sending = false;

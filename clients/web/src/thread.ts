@@ -7,7 +7,7 @@ import type { Message } from "./gen/sms/v1/types_pb.js";
 import { showsOwner, type Inbox } from "./inbox.js";
 import { Pager } from "./pager.js";
 import { LatestById, newerMessage } from "./versions.js";
-import { ICONS, backButton, contactLabel, messageBubble } from "./views.js";
+import { ICONS, backButton, contactLabel, labelled, messageBubble } from "./views.js";
 
 const PAGE_SIZE = 30;
 
@@ -166,19 +166,20 @@ export class ThreadView {
   private renderChrome(t: Thread): void {
     const c = this.inbox.conversations.get(t.id);
     t.root.dataset.contact = c?.contactNumber ?? "";
+    const contactAttrs = { class: "thread-contact", "data-testid": "thread-contact" };
     t.head.replaceChildren(
       backButton(),
       h(
         "div",
         { class: "thread-title" },
-        h("div", { class: "thread-contact", "data-testid": "thread-contact" }, c ? contactLabel(c) : "Loading…"),
+        c ? contactLabel(c, contactAttrs) : h("span", contactAttrs, "Loading…"),
         c
           ? h(
               "div",
               { class: "thread-sub" },
-              c.contactId ? h("span", { class: "chip" }, `ID ${c.contactId}`) : null,
-              c.ourNumber ? h("span", null, `via ${c.ourNumber}`) : null,
-              showsOwner(this.inbox, c) ? h("span", null, `owner @${c.owner}`) : null,
+              c.contactId ? labelled("ID ", c.contactId, { class: "chip" }) : null,
+              c.ourNumber ? labelled("via ", c.ourNumber) : null,
+              showsOwner(this.inbox, c) ? labelled("owner @", c.owner) : null,
             )
           : null,
       ),

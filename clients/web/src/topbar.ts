@@ -1,6 +1,6 @@
 // The header: brand, the admin's tabs, the connection indicator, who is signed in, and Sign out.
 import type { Claims } from "./api.js";
-import { h } from "./dom.js";
+import { h, userText } from "./dom.js";
 import { brand } from "./views.js";
 
 export class Topbar {
@@ -24,7 +24,7 @@ export class Topbar {
       h(
         "div",
         { class: "who", title: `Signed in as ${claims.sub} (${claims.role})` },
-        h("span", { class: "who-id", "data-testid": "user-id" }, claims.sub),
+        userText("span", { class: "who-id", "data-testid": "user-id" }, claims.sub),
         h("span", { class: `role role-${claims.role}`, "data-testid": "user-role" }, claims.role),
       ),
       h(

@@ -1,6 +1,7 @@
-// Pure element builders: a conversation row, a message bubble, ticks, the brand, the back button.
-// No state lives here.
-import { h, icon } from "./dom.js";
+// Pure element builders: a conversation row, a message bubble, ticks, an error line, the brand, the back button.
+// No state lives here. Text from outside the UI goes through userText() (see dom.ts).
+import { errorParts } from "./api.js";
+import { h, icon, userText } from "./dom.js";
 import { clockTime, fullTime, shortWhen, statusName, tickOf } from "./format.js";
 import { Direction, type Conversation, type Message } from "./gen/sms/v1/types_pb.js";
 import { conversationHash } from "./route.js";
@@ -55,16 +56,33 @@ export function backButton(): HTMLElement {
   );
 }
 
-export function contactLabel(c: Conversation): string {
-  return c.contactNumber || "(no number)";
+/** The contact's number, isolated (it is the contact's input); a placeholder when there is none. */
+export function contactLabel(c: Conversation, attrs: Record<string, unknown>): HTMLElement {
+  return c.contactNumber ? userText("span", attrs, c.contactNumber) : h("span", attrs, "(no number)");
+}
+
+/** A label, then a value from outside the UI in its own isolated element: `ID <contact id>`, `@<owner>`. */
+export function labelled(label: string, value: string, attrs: Record<string, unknown> | null = null): HTMLElement {
+  return h("span", attrs, label, userText("span", null, value));
+}
+
+/** `<what>: <message> (<code>)`, the message isolated: the server's messages may quote what a user sent. */
+export function errorLine(err: unknown, what = ""): HTMLElement {
+  const { message, code } = errorParts(err);
+  return h(
+    "span",
+    null,
+    what ? `${what}: ` : "",
+    message ? userText("span", null, message) : null,
+    code ? (message ? ` (${code})` : code) : "",
+  );
 }
 
 /** A row of the conversation list; `showOwner` adds the owner's chip (admins, on others' conversations). */
 export function conversationItem(c: Conversation, active: boolean, showOwner: boolean): HTMLElement {
   const unread = c.unreadCount > 0;
-  const preview = c.lastMessagePreview
-    ? (c.lastMessageDirection === Direction.OUTBOUND ? "You: " : "") + c.lastMessagePreview
-    : "No messages yet";
+  const mine = !!c.lastMessagePreview && c.lastMessageDirection === Direction.OUTBOUND;
+  const previewAttrs = { class: "conv-preview", "data-testid": "conversation-preview" };
   return h(
     "li",
     { class: "conv-li" },
@@ -82,13 +100,16 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
       h(
         "div",
         { class: "conv-top" },
-        h("span", { class: "conv-contact", "data-testid": "conversation-contact" }, contactLabel(c)),
+        contactLabel(c, { class: "conv-contact", "data-testid": "conversation-contact" }),
         h("time", { class: "conv-time", title: fullTime(c.lastMessageTime) }, shortWhen(c.lastMessageTime)),
       ),
       h(
         "div",
         { class: "conv-bottom" },
-        h("span", { class: "conv-preview", "data-testid": "conversation-preview" }, preview),
+        mine ? h("span", { class: "conv-you", "data-testid": "conversation-preview-you" }, "You:") : null,
+        c.lastMessagePreview
+          ? userText("span", previewAttrs, c.lastMessagePreview)
+          : h("span", previewAttrs, "No messages yet"),
         unread
           ? h(
               "span",
@@ -101,9 +122,9 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
         ? h(
             "div",
             { class: "conv-meta" },
-            c.contactId ? h("span", { class: "chip", "data-testid": "conversation-contact-id" }, `ID ${c.contactId}`) : null,
+            c.contactId ? labelled("ID ", c.contactId, { class: "chip", "data-testid": "conversation-contact-id" }) : null,
             c.optedOut ? h("span", { class: "chip chip-warn" }, "Opted out") : null,
-            showOwner ? h("span", { class: "chip chip-owner", title: "Owner" }, `@${c.owner}`) : null,
+            showOwner ? labelled("@", c.owner, { class: "chip chip-owner", title: "Owner" }) : null,
           )
         : null,
     ),
@@ -177,13 +198,18 @@ export function messageBubble(m: Message): HTMLElement {
         "data-status": status,
         "data-direction": out ? "outbound" : "inbound",
       },
-      m.body ? h("div", { class: "bubble-body" }, m.body) : null,
+      m.body ? userText("div", { class: "bubble-body", "data-testid": "message-body" }, m.body) : null,
       media.length
         ? h(
             "div",
             { class: "bubble-media" },
             media.map((x, i) =>
-              h("a", { href: x.url, target: "_blank", rel: "noopener noreferrer" }, `Attachment ${i + 1}${x.type ? ` (${x.type})` : ""}`),
+              h(
+                "a",
+                { href: x.url, target: "_blank", rel: "noopener noreferrer" },
+                `Attachment ${i + 1}`,
+                x.type ? [" (", userText("span", null, x.type), ")"] : null,
+              ),
             ),
           )
         : null,
@@ -191,7 +217,8 @@ export function messageBubble(m: Message): HTMLElement {
         ? h(
             "div",
             { class: "bubble-error", "data-testid": "message-error" },
-            `Not delivered${m.errorCode ? ` · ${m.errorCode}` : ""}${errorDetail(m) ? ` ${errorDetail(m)}` : ""}`,
+            `Not delivered${m.errorCode ? ` · ${m.errorCode}` : ""}`,
+            errorDetail(m) ? [" ", userText("span", null, errorDetail(m))] : null,
           )
         : null,
       h(

@@ -55,21 +55,31 @@ class RecordInboundRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     message_sid: _builtins.str
+    """At most 64 bytes."""
     account_sid: _builtins.str
+    """At most 64 bytes."""
     messaging_service_sid: _builtins.str
+    """At most 64 bytes."""
     from_number: _builtins.str
+    """At most 128 bytes."""
     to_number: _builtins.str
+    """At most 128 bytes."""
     body: _builtins.str
+    """At most 8192 bytes (Twilio delivers at most 1600 characters)."""
     num_segments: _builtins.int
     @_builtins.property
-    def media(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Media]: ...
+    def media(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Media]:
+        """At most 10; each url at most 2048 bytes, each content_type at most 255."""
+
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Every other parameter Twilio posted (FromCity, ApiVersion, ...), kept as given."""
+        """Every other parameter Twilio posted (FromCity, ApiVersion, ...), kept as given. At most 200 entries,
+        names of at most 128 bytes, names and values together at most 65536 bytes.
+        """
 
     @_builtins.property
     def receive_time(self) -> _timestamp_pb2.Timestamp:
-        """When Twilio received it, if known; otherwise the time it is recorded."""
+        """When Twilio received it, if known; otherwise the time it is recorded. From 1970-01-01 to 9999-12-31 (UTC)."""
 
     def __init__(
         self,
@@ -148,16 +158,22 @@ class RecordStatusRequest(_message.Message):
     STATUS_TIME_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     message_sid: _builtins.str
+    """At most 64 bytes."""
     message_status: _builtins.str
-    """Twilio's MessageStatus value, e.g. "delivered"."""
+    """Twilio's MessageStatus value, e.g. "delivered". At most 32 bytes."""
     error_code: _builtins.int
     error_message: _builtins.str
+    """At most 1024 bytes."""
     @_builtins.property
     def status_time(self) -> _timestamp_pb2.Timestamp:
-        """The time Twilio gave (RawDlrDoneDate), or when the bridge received the callback."""
+        """The time Twilio gave (RawDlrDoneDate), or when the bridge received the callback. From 1970-01-01 to
+        9999-12-31 (UTC).
+        """
 
     @_builtins.property
-    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """As RecordInboundRequest.params: at most 200 entries, names of at most 128 bytes, 65536 bytes in all."""
+
     def __init__(
         self,
         *,

@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class SmsIngestServiceStub:
     """Internal: what the webhook bridge hands in from Twilio. Service role only.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes); over it is
+    INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE. Twilio's own values fit with room to spare.
     """
 
     def __init__(self, channel):
@@ -49,6 +51,8 @@ class SmsIngestServiceStub:
 
 class SmsIngestServiceServicer:
     """Internal: what the webhook bridge hands in from Twilio. Service role only.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes); over it is
+    INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE. Twilio's own values fit with room to spare.
     """
 
     def RecordInbound(self, request, context):
@@ -88,6 +92,8 @@ def add_SmsIngestServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SmsIngestService:
     """Internal: what the webhook bridge hands in from Twilio. Service role only.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes); over it is
+    INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE. Twilio's own values fit with room to spare.
     """
 
     @staticmethod

@@ -27,7 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SmsIngestServiceStub:
-    """Internal: what the webhook bridge hands in from Twilio. Service role only."""
+    """Internal: what the webhook bridge hands in from Twilio. Service role only.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes); over it is
+    INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE. Twilio's own values fit with room to spare.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -40,7 +43,10 @@ class SmsIngestServiceStub:
 
 @_typing.type_check_only
 class SmsIngestServiceAsyncStub(SmsIngestServiceStub):
-    """Internal: what the webhook bridge hands in from Twilio. Service role only."""
+    """Internal: what the webhook bridge hands in from Twilio. Service role only.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes); over it is
+    INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE. Twilio's own values fit with room to spare.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordInbound: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RecordInboundRequest, _ingest_pb2.RecordInboundResponse]  # type: ignore[assignment]
@@ -49,7 +55,10 @@ class SmsIngestServiceAsyncStub(SmsIngestServiceStub):
     """Records a status callback. Status only moves forward; every callback is kept in the history."""
 
 class SmsIngestServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Internal: what the webhook bridge hands in from Twilio. Service role only."""
+    """Internal: what the webhook bridge hands in from Twilio. Service role only.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes); over it is
+    INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE. Twilio's own values fit with room to spare.
+    """
 
     @_abc_1.abstractmethod
     def RecordInbound(

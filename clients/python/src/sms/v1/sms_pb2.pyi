@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sms.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -31,16 +32,16 @@ class SendRequest(_message.Message):
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     to: _builtins.str
-    """Any format phonenumbers can parse; normalised to E.164 with the server's default region."""
+    """Any format phonenumbers can parse; normalised to E.164 with the server's default region. At most 128 bytes."""
     body: _builtins.str
     """1 to 1600 characters; may be empty when media_urls is given."""
     contact_id: _builtins.str
-    """The CRM's contact id, stored on the message and the conversation."""
+    """The CRM's contact id, stored on the message and the conversation. At most 256 bytes."""
     request_id: _builtins.str
-    """Idempotency key, unique per user: a repeat returns the first message."""
+    """Idempotency key, unique per user: a repeat returns the first message. At most 200 bytes."""
     @_builtins.property
     def media_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """At most 10, http or https."""
+        """At most 10, http or https, each at most 2048 bytes."""
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class GetMessageRequest(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    """At most 64 bytes."""
     def __init__(
         self,
         *,
@@ -128,6 +130,7 @@ class GetConversationRequest(_message.Message):
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """At most 64 bytes."""
     def __init__(
         self,
         *,
@@ -170,7 +173,7 @@ class ListConversationsRequest(_message.Message):
     page_size: _builtins.int
     """0 means the default (50); values above the maximum (500) are capped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """next_page_token of the previous page; opaque."""
+    """next_page_token of the previous page; opaque. At most 512 bytes."""
     def __init__(
         self,
         *,
@@ -217,9 +220,11 @@ class ListMessagesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """At most 64 bytes."""
     page_size: _builtins.int
     """0 means the default (50); values above the maximum (500) are capped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """next_page_token of the previous page; opaque. At most 512 bytes."""
     def __init__(
         self,
         *,
@@ -264,6 +269,7 @@ class MarkConversationReadRequest(_message.Message):
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """At most 64 bytes."""
     def __init__(
         self,
         *,
@@ -305,9 +311,11 @@ class SubscribeRequest(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     ALL_OWNERS_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
-    """Narrows the stream to one conversation."""
+    """Narrows the stream to one conversation. At most 64 bytes."""
     resume_token: _builtins.str
-    """The id of the last event the client processed; events after it are replayed first."""
+    """The id of the last event the client processed; events after it are replayed first. At most 64 bytes;
+    a well-formed id ahead of the log gets a resync_required.
+    """
     all_owners: _builtins.bool
     """Admin only: events of every owner's conversations. Agents always get their own only."""
     def __init__(
@@ -482,10 +490,12 @@ class SyncFromTwilioRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """From 1970-01-01 to 9999-12-31 (UTC)."""
+
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Defaults to now."""
+        """Defaults to now. From 1970-01-01 to 9999-12-31 (UTC)."""
 
     def __init__(
         self,
@@ -505,22 +515,61 @@ Global___SyncFromTwilioRequest: _TypeAlias = SyncFromTwilioRequest  # noqa: Y015
 class SyncFromTwilioResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _StopReason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SyncFromTwilioResponse._StopReason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STOP_REASON_UNSPECIFIED: SyncFromTwilioResponse._StopReason.ValueType  # 0
+        STOP_REASON_PAGE_LIMIT: SyncFromTwilioResponse._StopReason.ValueType  # 1
+        """SMS_SYNC_MAX_PAGES list pages were read."""
+        STOP_REASON_DEADLINE: SyncFromTwilioResponse._StopReason.ValueType  # 2
+        """SMS_SYNC_DEADLINE_SECONDS passed."""
+
+    class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
+        """Why a sync stopped before reading its whole window."""
+
+    STOP_REASON_UNSPECIFIED: SyncFromTwilioResponse.StopReason.ValueType  # 0
+    STOP_REASON_PAGE_LIMIT: SyncFromTwilioResponse.StopReason.ValueType  # 1
+    """SMS_SYNC_MAX_PAGES list pages were read."""
+    STOP_REASON_DEADLINE: SyncFromTwilioResponse.StopReason.ValueType  # 2
+    """SMS_SYNC_DEADLINE_SECONDS passed."""
+
     SCANNED_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     UPDATED_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    REACHED_TIME_FIELD_NUMBER: _builtins.int
     scanned: _builtins.int
     created: _builtins.int
     updated: _builtins.int
+    complete: _builtins.bool
+    """True when the whole window was read. A run stops early after the server's SMS_SYNC_MAX_PAGES list
+    pages or SMS_SYNC_DEADLINE_SECONDS; call again (with end_time = reached_time) for the rest.
+    """
+    stop_reason: Global___SyncFromTwilioResponse.StopReason.ValueType
+    """Why the run stopped early; STOP_REASON_UNSPECIFIED when it is complete."""
+    @_builtins.property
+    def reached_time(self) -> _timestamp_pb2.Timestamp:
+        """How far back the run got: Twilio's list runs newest first, so the messages sent between reached_time
+        and end_time were read. Equals start_time when complete.
+        """
+
     def __init__(
         self,
         *,
         scanned: _builtins.int = ...,
         created: _builtins.int = ...,
         updated: _builtins.int = ...,
+        complete: _builtins.bool = ...,
+        stop_reason: Global___SyncFromTwilioResponse.StopReason.ValueType = ...,
+        reached_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reached_time", b"reached_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "scanned", b"scanned", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "created", b"created", "reached_time", b"reached_time", "scanned", b"scanned", "stop_reason", b"stop_reason", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

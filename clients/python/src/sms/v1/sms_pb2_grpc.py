@@ -28,6 +28,8 @@ if _version_not_supported:
 class SmsServiceStub:
     """The public API: agents, admins and internal services send and read SMS conversations.
     Every call needs `authorization: Bearer <JWT>` metadata.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+    said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
     """
 
     def __init__(self, channel):
@@ -86,6 +88,8 @@ class SmsServiceStub:
 class SmsServiceServicer:
     """The public API: agents, admins and internal services send and read SMS conversations.
     Every call needs `authorization: Bearer <JWT>` metadata.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+    said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
     """
 
     def Send(self, request, context):
@@ -210,6 +214,8 @@ def add_SmsServiceServicer_to_server(servicer, server):
 class SmsService:
     """The public API: agents, admins and internal services send and read SMS conversations.
     Every call needs `authorization: Bearer <JWT>` metadata.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+    said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
     """
 
     @staticmethod

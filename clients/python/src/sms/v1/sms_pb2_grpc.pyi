@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class SmsServiceStub:
     """The public API: agents, admins and internal services send and read SMS conversations.
     Every call needs `authorization: Bearer <JWT>` metadata.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+    said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
     """
 
     @_typing.overload
@@ -58,6 +60,8 @@ class SmsServiceStub:
 class SmsServiceAsyncStub(SmsServiceStub):
     """The public API: agents, admins and internal services send and read SMS conversations.
     Every call needs `authorization: Bearer <JWT>` metadata.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+    said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -83,6 +87,8 @@ class SmsServiceAsyncStub(SmsServiceStub):
 class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API: agents, admins and internal services send and read SMS conversations.
     Every call needs `authorization: Bearer <JWT>` metadata.
+    Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+    said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
     """
 
     @_abc_1.abstractmethod

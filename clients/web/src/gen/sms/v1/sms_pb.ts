@@ -2,8 +2,8 @@
 // @generated from file sms/v1/sms.proto (package sms.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,14 +15,14 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sms/v1/sms.proto.
  */
 export const file_sms_v1_sms: GenFile = /*@__PURE__*/
-  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEiaQoLU2VuZFJlcXVlc3QSEAoCdG8YASABKAlCBOJBAQISDAoEYm9keRgCIAEoCRISCgptZWRpYV91cmxzGAMgAygJEhIKCmNvbnRhY3RfaWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJDCgxTZW5kUmVzcG9uc2USIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCItChFHZXRNZXNzYWdlUmVxdWVzdBIYCgptZXNzYWdlX2lkGAEgASgJQgTiQQECIjYKEkdldE1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiNwoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiRQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiYQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIrCg1jb252ZXJzYXRpb25zGAEgAygLMhQuc21zLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USIQoIbWVzc2FnZXMYASADKAsyDy5zbXMudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAobTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJKChxNYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iVQoQU3Vic2NyaWJlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhIKCmFsbF9vd25lcnMYAyABKAgiTAoJSGVhcnRiZWF0EhUKDWxhc3RfZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoOUmVzeW5jUmVxdWlyZWQSDgoGcmVhc29uGAEgASgJEhUKDWxhc3RfZXZlbnRfaWQYAiABKAkimgEKEVN1YnNjcmliZVJlc3BvbnNlEh4KBWV2ZW50GAEgASgLMg0uc21zLnYxLkV2ZW50SAASJgoJaGVhcnRiZWF0GAIgASgLMhEuc21zLnYxLkhlYXJ0YmVhdEgAEjEKD3Jlc3luY19yZXF1aXJlZBgDIAEoCzIWLnNtcy52MS5SZXN5bmNSZXF1aXJlZEgAQgoKCHJlc3BvbnNlIhYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0IpUCChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDgoGcXVldWVkGAEgASgDEhMKC2luX3Byb2dyZXNzGAIgASgDEhAKCHJldHJ5aW5nGAMgASgDEhgKEGZhaWxlZF9sYXN0X2hvdXIYBCABKAMSGAoQc2VudF9sYXN0X21pbnV0ZRgFIAEoAxIWCg5zZW50X2xhc3RfaG91chgGIAEoAxI0ChFvbGRlc3RfcXVldWVkX2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxxdWV1ZV9sZW5ndGgYCCABKAMSFgoOd29ya2VyX2hlYWx0aHkYCSABKAgSFQoNd29ya2VyX2hlYWx0aBgKIAEoCSJ7ChVTeW5jRnJvbVR3aWxpb1JlcXVlc3QSNAoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQISLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIksKFlN5bmNGcm9tVHdpbGlvUmVzcG9uc2USDwoHc2Nhbm5lZBgBIAEoBRIPCgdjcmVhdGVkGAIgASgFEg8KB3VwZGF0ZWQYAyABKAUywwUKClNtc1NlcnZpY2USMQoEU2VuZBITLnNtcy52MS5TZW5kUmVxdWVzdBoULnNtcy52MS5TZW5kUmVzcG9uc2USQwoKR2V0TWVzc2FnZRIZLnNtcy52MS5HZXRNZXNzYWdlUmVxdWVzdBoaLnNtcy52MS5HZXRNZXNzYWdlUmVzcG9uc2USUgoPR2V0Q29udmVyc2F0aW9uEh4uc21zLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaHy5zbXMudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USWAoRTGlzdENvbnZlcnNhdGlvbnMSIC5zbXMudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GiEuc21zLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USSQoMTGlzdE1lc3NhZ2VzEhsuc21zLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaHC5zbXMudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2USYQoUTWFya0NvbnZlcnNhdGlvblJlYWQSIy5zbXMudjEuTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0GiQuc21zLnYxLk1hcmtDb252ZXJzYXRpb25SZWFkUmVzcG9uc2USQgoJU3Vic2NyaWJlEhguc21zLnYxLlN1YnNjcmliZVJlcXVlc3QaGS5zbXMudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJMCg1HZXRRdWV1ZVN0YXRzEhwuc21zLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh0uc21zLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZRJPCg5TeW5jRnJvbVR3aWxpbxIdLnNtcy52MS5TeW5jRnJvbVR3aWxpb1JlcXVlc3QaHi5zbXMudjEuU3luY0Zyb21Ud2lsaW9SZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp, file_sms_v1_types]);
+  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEiaQoLU2VuZFJlcXVlc3QSEAoCdG8YASABKAlCBOJBAQISDAoEYm9keRgCIAEoCRISCgptZWRpYV91cmxzGAMgAygJEhIKCmNvbnRhY3RfaWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJDCgxTZW5kUmVzcG9uc2USIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCItChFHZXRNZXNzYWdlUmVxdWVzdBIYCgptZXNzYWdlX2lkGAEgASgJQgTiQQECIjYKEkdldE1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiNwoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiRQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiYQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIrCg1jb252ZXJzYXRpb25zGAEgAygLMhQuc21zLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USIQoIbWVzc2FnZXMYASADKAsyDy5zbXMudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAobTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJKChxNYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iVQoQU3Vic2NyaWJlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhIKCmFsbF9vd25lcnMYAyABKAgiTAoJSGVhcnRiZWF0EhUKDWxhc3RfZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoOUmVzeW5jUmVxdWlyZWQSDgoGcmVhc29uGAEgASgJEhUKDWxhc3RfZXZlbnRfaWQYAiABKAkimgEKEVN1YnNjcmliZVJlc3BvbnNlEh4KBWV2ZW50GAEgASgLMg0uc21zLnYxLkV2ZW50SAASJgoJaGVhcnRiZWF0GAIgASgLMhEuc21zLnYxLkhlYXJ0YmVhdEgAEjEKD3Jlc3luY19yZXF1aXJlZBgDIAEoCzIWLnNtcy52MS5SZXN5bmNSZXF1aXJlZEgAQgoKCHJlc3BvbnNlIhYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0IpUCChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDgoGcXVldWVkGAEgASgDEhMKC2luX3Byb2dyZXNzGAIgASgDEhAKCHJldHJ5aW5nGAMgASgDEhgKEGZhaWxlZF9sYXN0X2hvdXIYBCABKAMSGAoQc2VudF9sYXN0X21pbnV0ZRgFIAEoAxIWCg5zZW50X2xhc3RfaG91chgGIAEoAxI0ChFvbGRlc3RfcXVldWVkX2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxxdWV1ZV9sZW5ndGgYCCABKAMSFgoOd29ya2VyX2hlYWx0aHkYCSABKAgSFQoNd29ya2VyX2hlYWx0aBgKIAEoCSJ7ChVTeW5jRnJvbVR3aWxpb1JlcXVlc3QSNAoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQISLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrACChZTeW5jRnJvbVR3aWxpb1Jlc3BvbnNlEg8KB3NjYW5uZWQYASABKAUSDwoHY3JlYXRlZBgCIAEoBRIPCgd1cGRhdGVkGAMgASgFEhAKCGNvbXBsZXRlGAQgASgIEj4KC3N0b3BfcmVhc29uGAUgASgOMikuc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVzcG9uc2UuU3RvcFJlYXNvbhIwCgxyZWFjaGVkX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KClN0b3BSZWFzb24SGwoXU1RPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTVE9QX1JFQVNPTl9QQUdFX0xJTUlUEAESGAoUU1RPUF9SRUFTT05fREVBRExJTkUQAjLDBQoKU21zU2VydmljZRIxCgRTZW5kEhMuc21zLnYxLlNlbmRSZXF1ZXN0GhQuc21zLnYxLlNlbmRSZXNwb25zZRJDCgpHZXRNZXNzYWdlEhkuc21zLnYxLkdldE1lc3NhZ2VSZXF1ZXN0Ghouc21zLnYxLkdldE1lc3NhZ2VSZXNwb25zZRJSCg9HZXRDb252ZXJzYXRpb24SHi5zbXMudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBofLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJYChFMaXN0Q29udmVyc2F0aW9ucxIgLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaIS5zbXMudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJJCgxMaXN0TWVzc2FnZXMSGy5zbXMudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBocLnNtcy52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJhChRNYXJrQ29udmVyc2F0aW9uUmVhZBIjLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlcXVlc3QaJC5zbXMudjEuTWFya0NvbnZlcnNhdGlvblJlYWRSZXNwb25zZRJCCglTdWJzY3JpYmUSGC5zbXMudjEuU3Vic2NyaWJlUmVxdWVzdBoZLnNtcy52MS5TdWJzY3JpYmVSZXNwb25zZTABEkwKDUdldFF1ZXVlU3RhdHMSHC5zbXMudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHS5zbXMudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEk8KDlN5bmNGcm9tVHdpbGlvEh0uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVxdWVzdBoeLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp, file_sms_v1_types]);
 
 /**
  * @generated from message sms.v1.SendRequest
  */
 export type SendRequest = Message<"sms.v1.SendRequest"> & {
   /**
-   * Any format phonenumbers can parse; normalised to E.164 with the server's default region.
+   * Any format phonenumbers can parse; normalised to E.164 with the server's default region. At most 128 bytes.
    *
    * @generated from field: string to = 1;
    */
@@ -36,21 +36,21 @@ export type SendRequest = Message<"sms.v1.SendRequest"> & {
   body: string;
 
   /**
-   * At most 10, http or https.
+   * At most 10, http or https, each at most 2048 bytes.
    *
    * @generated from field: repeated string media_urls = 3;
    */
   mediaUrls: string[];
 
   /**
-   * The CRM's contact id, stored on the message and the conversation.
+   * The CRM's contact id, stored on the message and the conversation. At most 256 bytes.
    *
    * @generated from field: string contact_id = 4;
    */
   contactId: string;
 
   /**
-   * Idempotency key, unique per user: a repeat returns the first message.
+   * Idempotency key, unique per user: a repeat returns the first message. At most 200 bytes.
    *
    * @generated from field: string request_id = 5;
    */
@@ -93,6 +93,8 @@ export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
  */
 export type GetMessageRequest = Message<"sms.v1.GetMessageRequest"> & {
   /**
+   * At most 64 bytes.
+   *
    * @generated from field: string message_id = 1;
    */
   messageId: string;
@@ -127,6 +129,8 @@ export const GetMessageResponseSchema: GenMessage<GetMessageResponse> = /*@__PUR
  */
 export type GetConversationRequest = Message<"sms.v1.GetConversationRequest"> & {
   /**
+   * At most 64 bytes.
+   *
    * @generated from field: string conversation_id = 1;
    */
   conversationId: string;
@@ -168,7 +172,7 @@ export type ListConversationsRequest = Message<"sms.v1.ListConversationsRequest"
   pageSize: number;
 
   /**
-   * next_page_token of the previous page; opaque.
+   * next_page_token of the previous page; opaque. At most 512 bytes.
    *
    * @generated from field: string page_token = 2;
    */
@@ -211,6 +215,8 @@ export const ListConversationsResponseSchema: GenMessage<ListConversationsRespon
  */
 export type ListMessagesRequest = Message<"sms.v1.ListMessagesRequest"> & {
   /**
+   * At most 64 bytes.
+   *
    * @generated from field: string conversation_id = 1;
    */
   conversationId: string;
@@ -223,6 +229,8 @@ export type ListMessagesRequest = Message<"sms.v1.ListMessagesRequest"> & {
   pageSize: number;
 
   /**
+   * next_page_token of the previous page; opaque. At most 512 bytes.
+   *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
@@ -262,6 +270,8 @@ export const ListMessagesResponseSchema: GenMessage<ListMessagesResponse> = /*@_
  */
 export type MarkConversationReadRequest = Message<"sms.v1.MarkConversationReadRequest"> & {
   /**
+   * At most 64 bytes.
+   *
    * @generated from field: string conversation_id = 1;
    */
   conversationId: string;
@@ -296,14 +306,15 @@ export const MarkConversationReadResponseSchema: GenMessage<MarkConversationRead
  */
 export type SubscribeRequest = Message<"sms.v1.SubscribeRequest"> & {
   /**
-   * Narrows the stream to one conversation.
+   * Narrows the stream to one conversation. At most 64 bytes.
    *
    * @generated from field: string conversation_id = 1;
    */
   conversationId: string;
 
   /**
-   * The id of the last event the client processed; events after it are replayed first.
+   * The id of the last event the client processed; events after it are replayed first. At most 64 bytes;
+   * a well-formed id ahead of the log gets a resync_required.
    *
    * @generated from field: string resume_token = 2;
    */
@@ -503,12 +514,14 @@ export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*
  */
 export type SyncFromTwilioRequest = Message<"sms.v1.SyncFromTwilioRequest"> & {
   /**
+   * From 1970-01-01 to 9999-12-31 (UTC).
+   *
    * @generated from field: google.protobuf.Timestamp start_time = 1;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * Defaults to now.
+   * Defaults to now. From 1970-01-01 to 9999-12-31 (UTC).
    *
    * @generated from field: google.protobuf.Timestamp end_time = 2;
    */
@@ -540,6 +553,29 @@ export type SyncFromTwilioResponse = Message<"sms.v1.SyncFromTwilioResponse"> & 
    * @generated from field: int32 updated = 3;
    */
   updated: number;
+
+  /**
+   * True when the whole window was read. A run stops early after the server's SMS_SYNC_MAX_PAGES list
+   * pages or SMS_SYNC_DEADLINE_SECONDS; call again (with end_time = reached_time) for the rest.
+   *
+   * @generated from field: bool complete = 4;
+   */
+  complete: boolean;
+
+  /**
+   * Why the run stopped early; STOP_REASON_UNSPECIFIED when it is complete.
+   *
+   * @generated from field: sms.v1.SyncFromTwilioResponse.StopReason stop_reason = 5;
+   */
+  stopReason: SyncFromTwilioResponse_StopReason;
+
+  /**
+   * How far back the run got: Twilio's list runs newest first, so the messages sent between reached_time
+   * and end_time were read. Equals start_time when complete.
+   *
+   * @generated from field: google.protobuf.Timestamp reached_time = 6;
+   */
+  reachedTime?: Timestamp | undefined;
 };
 
 /**
@@ -550,8 +586,42 @@ export const SyncFromTwilioResponseSchema: GenMessage<SyncFromTwilioResponse> = 
   messageDesc(file_sms_v1_sms, 19);
 
 /**
+ * Why a sync stopped before reading its whole window.
+ *
+ * @generated from enum sms.v1.SyncFromTwilioResponse.StopReason
+ */
+export enum SyncFromTwilioResponse_StopReason {
+  /**
+   * @generated from enum value: STOP_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * SMS_SYNC_MAX_PAGES list pages were read.
+   *
+   * @generated from enum value: STOP_REASON_PAGE_LIMIT = 1;
+   */
+  PAGE_LIMIT = 1,
+
+  /**
+   * SMS_SYNC_DEADLINE_SECONDS passed.
+   *
+   * @generated from enum value: STOP_REASON_DEADLINE = 2;
+   */
+  DEADLINE = 2,
+}
+
+/**
+ * Describes the enum sms.v1.SyncFromTwilioResponse.StopReason.
+ */
+export const SyncFromTwilioResponse_StopReasonSchema: GenEnum<SyncFromTwilioResponse_StopReason> = /*@__PURE__*/
+  enumDesc(file_sms_v1_sms, 19, 0);
+
+/**
  * The public API: agents, admins and internal services send and read SMS conversations.
  * Every call needs `authorization: Bearer <JWT>` metadata.
+ * Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
+ * said otherwise); over it is INVALID_ARGUMENT naming the field, ErrorInfo reason INPUT_TOO_LARGE.
  *
  * @generated from service sms.v1.SmsService
  */
