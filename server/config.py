@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.limits import EVENT_BYTES
+
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it."""
@@ -195,7 +197,9 @@ class Config:
             event_retention=_int(e, "SMS_EVENT_RETENTION", cls.event_retention, minimum=1),
             heartbeat_seconds=_float(e, "SMS_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
             subscriber_queue_size=_int(e, "SMS_SUBSCRIBER_QUEUE_SIZE", cls.subscriber_queue_size, minimum=1),
-            subscriber_queue_bytes=_int(e, "SMS_SUBSCRIBER_QUEUE_BYTES", cls.subscriber_queue_bytes, minimum=64 * 1024),
+            subscriber_queue_bytes=_int(
+                e, "SMS_SUBSCRIBER_QUEUE_BYTES", cls.subscriber_queue_bytes, minimum=EVENT_BYTES
+            ),
             max_streams_per_user=_int(e, "SMS_MAX_STREAMS_PER_USER", cls.max_streams_per_user, minimum=1),
             send_rate_per_user=_float(e, "SMS_SEND_RATE_PER_USER", cls.send_rate_per_user),
             send_burst_per_user=_int(e, "SMS_SEND_BURST_PER_USER", cls.send_burst_per_user, minimum=1),

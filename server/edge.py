@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from server.auth import USER_ROLES, Caller, Role, TokenPolicy, caller_from_metadata
 from server.config import Config
-from server.errors import DomainError, FailedPrecondition, PermissionDenied, to_status
+from server.errors import DomainError, FailedPrecondition, PermissionDenied, Unavailable, to_status
+from server.limits import quote
 from server.reasons import Reason
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,16 @@ Handler = Callable[[S, Req, Context, Caller], Awaitable[Resp]]
 Method = Callable[[S, Req, Context], Awaitable[Resp]]
 StreamHandler = Callable[[S, Req, Context, Caller], AsyncIterator[Resp]]
 StreamMethod = Callable[[S, Req, Context], AsyncIterator[Resp]]
+
+
+# MongoDB or Redis failing under a call: the caller may retry (UNAVAILABLE), never UNKNOWN. A duplicate key is
+# not among these where it means something: the store turns it into a result before it gets here.
+BACKEND_ERRORS: tuple[type[Exception], ...] = (PyMongoError, RedisError)
+
+
+def _backend_unavailable(exc: Exception) -> Unavailable:
+    log.warning("store unavailable during a call: %s: %s", type(exc).__name__, quote(str(exc), 200))
+    return Unavailable("the message store is unavailable; retry", Reason.STORE_UNAVAILABLE)
 
 
 def authenticate(cfg: Config, context: Context, roles: tuple[Role, ...]) -> Caller:
@@ -62,7 +75,10 @@ def unary(*roles: Role) -> Callable[[Handler[S, Req, Resp]], Method[S, Req, Resp
         @functools.wraps(handler)
         async def wrapper(self: S, request: Req, context: Context) -> Resp:
             try:
-                return await handler(self, request, context, authenticate(self.cfg, context, roles))
+                try:
+                    return await handler(self, request, context, authenticate(self.cfg, context, roles))
+                except BACKEND_ERRORS as exc:
+                    raise _backend_unavailable(exc) from exc
             except DomainError as exc:
                 await context.abort_with_status(to_status(exc))
                 raise  # abort_with_status raises; this keeps type checkers sure we never fall through
@@ -79,9 +95,12 @@ def streaming(*roles: Role) -> Callable[[StreamHandler[S, Req, Resp]], StreamMet
         @functools.wraps(handler)
         async def wrapper(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
             try:
-                caller = authenticate(self.cfg, context, roles)
-                async for response in handler(self, request, context, caller):
-                    yield response
+                try:
+                    caller = authenticate(self.cfg, context, roles)
+                    async for response in handler(self, request, context, caller):
+                        yield response
+                except BACKEND_ERRORS as exc:
+                    raise _backend_unavailable(exc) from exc
             except DomainError as exc:
                 await context.abort_with_status(to_status(exc))
 

@@ -18,6 +18,7 @@ from server import limits, paging
 from server import status as st
 from server.auth import Caller
 from server.config import Config
+from server.convert import message_to_proto
 from server.documents import (
     UNASSIGNED,
     ConversationDoc,
@@ -48,6 +49,9 @@ from server.worker.queue import SendQueue
 
 log = logging.getLogger(__name__)
 
+# A page of ListMessages stays under this many bytes of messages (see _page).
+PAGE_BYTES = 2 * 1024 * 1024
+
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
 UNSUBSCRIBED_CODE = 21610
@@ -72,8 +76,25 @@ D = TypeVar("D", ConversationDoc, MessageDoc)
 Admission = Callable[[], Awaitable[None]]
 
 
-def _page(kind: str, docs: list[D], limit: int, position: Callable[[D], tuple[datetime, str]]) -> tuple[list[D], str]:
-    """The first `limit` of `docs` (read one more than that) and the token of the page after them."""
+def _page(
+    kind: str,
+    docs: list[D],
+    limit: int,
+    position: Callable[[D], tuple[datetime, str]],
+    size: Callable[[D], int] | None = None,
+) -> tuple[list[D], str]:
+    """The first `limit` of `docs` (read one more than that) and the token of the page after them.
+
+    With `size`, a page also ends before it outgrows PAGE_BYTES, so a page of large messages still fits a
+    client's default 4 MiB receive limit (the next page continues after the last one kept; never empty).
+    """
+    if size is not None:
+        total = 0
+        for i, doc in enumerate(docs[:limit]):
+            total += size(doc)
+            if total > PAGE_BYTES and i > 0:
+                limit = i
+                break
     if len(docs) <= limit:
         return docs, ""
     page = docs[:limit]
@@ -316,7 +337,9 @@ class Gateway:
                 raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
             after = (position[0], oid)
         docs = await self.store.list_messages(conv["_id"], after, limit + 1)
-        return _page("messages", docs, limit, lambda d: (d["created"], str(d["_id"])))
+        return _page(
+            "messages", docs, limit, lambda d: (d["created"], str(d["_id"])), lambda d: message_to_proto(d).ByteSize()
+        )
 
     async def mark_read(self, caller: Caller, cid: str) -> ConversationDoc:
         conv = await self.conversation_for(caller, cid)
@@ -416,6 +439,8 @@ class Gateway:
         """
         if error_code == UNSUBSCRIBED_CODE and not _in_history(doc, new):
             await self.opt_out(doc["conversation_id"])
+        # Twilio's (or the worker's) words are kept, but bounded like every stored field.
+        error_message = limits.cut(error_message, limits.ERROR_MESSAGE_BYTES)
         return await self._write_status(doc, new, at, error_code, error_message, set_fields)
 
     async def _write_status(

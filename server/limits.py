@@ -75,6 +75,13 @@ def quote(value: str, limit: int = QUOTE_CHARS) -> str:
     return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
+def cut(value: str, max_bytes: int) -> str:
+    """`value` cut to at most `max_bytes` of UTF-8, on a character boundary: for text we keep, not refuse."""
+    if utf8_len(value) <= max_bytes:
+        return value
+    return value.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore")
+
+
 def utf8_len(value: str) -> int:
     """The length of `value` in UTF-8 (without a copy when it is ASCII)."""
     return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))

@@ -15,6 +15,7 @@ from sms.v1 import ingest_pb2, sms_pb2, types_pb2
 
 from server.embedded import EmbeddedServer
 from server.errors import error_reason
+from server.gateway import PAGE_BYTES
 from server.reasons import Reason
 from server.timeutil import now
 from server.worker.reconcile import reconcile_once
@@ -174,3 +175,29 @@ async def test_a_repeated_21610_callback_does_not_opt_out_again_after_start(hous
     await house.ingest.RecordStatus(bounce, metadata=SERVICE)
     conv = await house.res.store.get_conversation(msg.conversation_id)
     assert conv is not None and conv["opted_out"] is False
+
+
+async def test_a_page_of_large_messages_stays_under_the_byte_budget_and_pages_through_all(house: House) -> None:
+    user, to = unique_user(), unique_number()
+    # Each message near the largest Send allows: 1,600 four-byte characters and ten 2 KiB media URLs.
+    body = "😀" * 1600
+    media = [f"https://media.example/{i}/" + "x" * 2000 for i in range(10)]
+    sent = [(await send(house, user, to, body, media_urls=media)).id for _ in range(90)]
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        resp = await house.sms.ListMessages(
+            sms_pb2.ListMessagesRequest(
+                conversation_id=(await stored(house, sent[0]))["conversation_id"], page_size=500, page_token=token
+            ),
+            metadata=auth(user),
+        )
+        assert 0 < resp.ByteSize() <= PAGE_BYTES + 64 * 1024
+        seen += [m.id for m in resp.messages]
+        pages += 1
+        token = resp.next_page_token
+        if not token:
+            break
+    assert pages > 1  # 90 such messages are over 2 MiB: one page of 500 would not fit
+    assert sorted(seen) == sorted(sent)

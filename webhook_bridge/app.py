@@ -14,6 +14,7 @@ from multidict import MultiDictProxy
 
 from server.auth import check_secrets
 from server.config import Config, ConfigError, split_addr
+from server.limits import FORM_BYTES
 from server.signals import on_stop_signals
 from server.webhook_routes import INBOUND_PATH, STATUS_PATH
 from webhook_bridge.connections import ConnectionGuard, GuardedSite, request_timing
@@ -24,7 +25,7 @@ from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdic
 
 log = logging.getLogger("webhook_bridge")
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = FORM_BYTES
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 # Twilio only retries a 5xx when the webhook URL carries connection overrides (#rc=..&rp=5xx); the header
 # is for any other client, and for operators reading the answer.

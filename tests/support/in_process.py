@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from sms.v1 import ingest_pb2_grpc, sms_pb2_grpc
@@ -32,8 +32,8 @@ class House:
 
     cfg: Config
     res: Resources
-    sms: sms_pb2_grpc.SmsServiceStub
-    ingest: ingest_pb2_grpc.SmsIngestServiceStub
+    sms: sms_pb2_grpc.SmsServiceAsyncStub
+    ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub
     sim: TwilioSimulator
 
     async def work(self) -> None:
@@ -94,8 +94,10 @@ async def running_house(env: Mapping[str, str]) -> AsyncIterator[House]:
                     yield House(
                         cfg,
                         res,
-                        sms_pb2_grpc.SmsServiceStub(channel),
-                        ingest_pb2_grpc.SmsIngestServiceStub(channel),
+                        cast("sms_pb2_grpc.SmsServiceAsyncStub", sms_pb2_grpc.SmsServiceStub(channel)),
+                        cast(
+                            "ingest_pb2_grpc.SmsIngestServiceAsyncStub", ingest_pb2_grpc.SmsIngestServiceStub(channel)
+                        ),
                         sim,
                     )
             finally:

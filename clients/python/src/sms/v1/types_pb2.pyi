@@ -212,7 +212,7 @@ class Message(_message.Message):
     error_message: _builtins.str
     twilio_sid: _builtins.str
     owner: _builtins.str
-    """User id of the conversation's owner."""
+    """User id of the conversation's owner (copied from the conversation); empty while it is unassigned."""
     contact_id: _builtins.str
     request_id: _builtins.str
     attempts: _builtins.int
@@ -286,6 +286,9 @@ class Conversation(_message.Message):
     contact_number: _builtins.str
     contact_id: _builtins.str
     owner: _builtins.str
+    """User id of the agent or admin the conversation belongs to; empty: unassigned (an inbound from a new
+    contact nobody has answered yet), which admins see and the first agent to reply claims.
+    """
     last_message_preview: _builtins.str
     last_message_direction: Global___Direction.ValueType
     unread_count: _builtins.int

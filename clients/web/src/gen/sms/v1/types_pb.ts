@@ -155,7 +155,7 @@ export type Message = Message$1<"sms.v1.Message"> & {
   twilioSid: string;
 
   /**
-   * User id of the conversation's owner.
+   * User id of the conversation's owner (copied from the conversation); empty while it is unassigned.
    *
    * @generated from field: string owner = 13;
    */
@@ -240,6 +240,9 @@ export type Conversation = Message$1<"sms.v1.Conversation"> & {
   contactId: string;
 
   /**
+   * User id of the agent or admin the conversation belongs to; empty: unassigned (an inbound from a new
+   * contact nobody has answered yet), which admins see and the first agent to reply claims.
+   *
    * @generated from field: string owner = 5;
    */
   owner: string;
