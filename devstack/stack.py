@@ -174,21 +174,27 @@ def child_env(s: Settings, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _without(env: dict[str, str], *names: str) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in names}
+
+
 def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console) -> list[ChildSpec]:
     """The children in start order; each depends only on those before it."""
     cenv = child_env(s, env)
+    # Each child gets only the secrets it uses: the server both keys, the bridge its ingest key, the rest none.
+    bare = _without(cenv, "SMS_JWT_SECRET", "SMS_INGEST_SECRET")
     specs: list[ChildSpec] = []
     if s.mongo_port is not None:
         storage = s.data_dir / "mongo"
         storage.mkdir(parents=True, exist_ok=True)
         specs.append(
-            ChildSpec("mongo", mongo_command(storage, s.mongo_port), cenv, tcp_check(f"127.0.0.1:{s.mongo_port}"))
+            ChildSpec("mongo", mongo_command(storage, s.mongo_port), bare, tcp_check(f"127.0.0.1:{s.mongo_port}"))
         )
     if s.redis_port is not None:
         (s.data_dir / "redis").mkdir(parents=True, exist_ok=True)
         # Valkey's notice-level start-up banner drowns the other children's lines; warnings still show.
         argv = [*redis_command(s.data_dir / "redis", s.redis_port), "--loglevel", "warning"]
-        specs.append(ChildSpec("redis", argv, cenv, redis_check(s.redis_url), start_timeout=30))
+        specs.append(ChildSpec("redis", argv, bare, redis_check(s.redis_url), start_timeout=30))
     specs.append(
         ChildSpec(
             "server",
@@ -201,14 +207,14 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
     if s.simulated_twilio:
         specs.append(
             ChildSpec(
-                "simulator", [*SMS_GATEWAY, "twilio-simulator"], cenv, http_check(_url(s.simulator_addr) + "/healthz")
+                "simulator", [*SMS_GATEWAY, "twilio-simulator"], bare, http_check(_url(s.simulator_addr) + "/healthz")
             )
         )
     specs.append(
         ChildSpec(
             "worker",
             [*SMS_GATEWAY, "worker"],
-            cenv,
+            bare,
             worker_check(s.redis_url, cfg.arq_queue),
             start_timeout=20,
             required=False,
@@ -217,7 +223,7 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
         )
     )
     # The bridge holds only its ingest key: taken over, it could not mint user or admin tokens.
-    bridge_env = {k: v for k, v in cenv.items() if k != "SMS_JWT_SECRET"}
+    bridge_env = _without(cenv, "SMS_JWT_SECRET")
     bridge_check = http_check(_url(s.bridge_addr) + "/healthz")
     specs.append(ChildSpec("bridge", [*SMS_GATEWAY, "bridge"], bridge_env, bridge_check))
 
@@ -233,7 +239,7 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
         ChildSpec(
             "envoy",
             envoy_command(s.envoy_config),
-            cenv,
+            bare,
             http_check(f"http://127.0.0.1:{s.admin_port}/ready"),
             prepare=render_envoy,
         )

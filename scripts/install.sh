@@ -35,8 +35,10 @@ if [ -f clients/web/package.json ]; then
     (cd clients/web && npm ci --no-audit --no-fund --loglevel=error)
     echo "$web_hash" > clients/web/node_modules/.installed
   fi
-  src_hash=$(find clients/web/src clients/web/index.html clients/web/package.json clients/web/vite.config.* \
-               -type f 2>/dev/null | sort | xargs cat | sha256sum | cut -c1-16)
+  # The build-time API address is an input of the build too.
+  src_hash=$( (find clients/web/src clients/web/index.html clients/web/package.json clients/web/vite.config.* \
+               -type f 2>/dev/null | sort | xargs cat; echo "VITE_SMS_API_URL=${VITE_SMS_API_URL:-}") \
+             | sha256sum | cut -c1-16)
   if [ "$(cat clients/web/dist/.built 2>/dev/null)" != "$src_hash" ]; then
     echo "install: building the web UI"
     (cd clients/web && npm run --silent build)

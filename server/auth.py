@@ -17,6 +17,7 @@ import jwt
 
 from server.config import Config, ConfigError
 from server.errors import Unauthenticated
+from server.limits import USER_ID_BYTES, utf8_len
 
 
 class Role(StrEnum):
@@ -85,6 +86,8 @@ def check_secrets(**secrets: str) -> None:
 
 def mint_token(secret: str, user_id: str, role: str, ttl_seconds: int = 24 * 3600) -> str:
     """A token for `user_id` with `role`, valid for `ttl_seconds`, signed with `secret` (the key of `role`)."""
+    if not user_id or utf8_len(user_id) > USER_ID_BYTES:
+        raise ValueError(f"a user id is 1 to {USER_ID_BYTES} bytes")
     now = int(time.time())
     payload = {"sub": user_id, "role": Role(role).value, "iat": now, "exp": now + ttl_seconds}
     return jwt.encode(payload, secret, algorithm="HS256")
@@ -122,6 +125,9 @@ def verify_token(policy: TokenPolicy | str, token: str) -> Caller:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise Unauthenticated("token has no subject")
+    if utf8_len(sub) > USER_ID_BYTES:
+        # The subject is copied into every conversation and event the caller owns: bounded like any input.
+        raise Unauthenticated(f"token subject over {USER_ID_BYTES} bytes")
     try:
         return Caller(sub, Role(str(claims.get("role"))))
     except ValueError:

@@ -48,7 +48,11 @@ def _token(cfg: Config, args: argparse.Namespace) -> int:
     # The server refuses a token that lives longer than its maximum: refuse to print one.
     if not 0 < args.ttl <= cfg.jwt_max_ttl_seconds:
         raise ConfigError(f"--ttl must be between 1 and SMS_JWT_MAX_TTL_SECONDS ({cfg.jwt_max_ttl_seconds}) seconds")
-    print(mint_token(cfg.jwt_secret, args.user, args.role, ttl_seconds=args.ttl))
+    try:
+        token = mint_token(cfg.jwt_secret, args.user, args.role, ttl_seconds=args.ttl)
+    except ValueError as exc:
+        raise ConfigError(f"--user: {exc}") from None
+    print(token)
     return 0
 
 

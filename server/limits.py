@@ -26,6 +26,8 @@ KIB = 1024
 ID_BYTES = 64
 # A phone number as given, or a Twilio address (E.164, short code, sender id, "whatsapp:+1…").
 ADDRESS_BYTES = 128
+# A user id: a token's subject, stored as the owner of what the user starts.
+USER_ID_BYTES = 128
 # Send's body, in characters: Twilio refuses a longer message.
 BODY_CHARS = 1600
 # An inbound body: Twilio delivers at most 1600 characters, which take at most 6,400 bytes.

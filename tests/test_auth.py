@@ -300,3 +300,11 @@ async def test_without_ingest_key_the_server_refuses_ingest_and_the_bridge_answe
     assert await db.messages.count_documents({"twilio_sid": sid}) == 0
     assert "FAILED_PRECONDITION" in bridge.proc.log()
     assert bridge.proc.stop() == 0
+
+
+def test_a_subject_over_the_user_id_bound_is_refused() -> None:
+    with pytest.raises(Unauthenticated):
+        verify_token(POLICY, signed(claims(sub="u" * 129)))
+    assert verify_token(POLICY, signed(claims(sub="u" * 128))).user_id == "u" * 128
+    with pytest.raises(ValueError):
+        mint_token(JWT_SECRET, "u" * 129, "agent")

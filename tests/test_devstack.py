@@ -464,6 +464,18 @@ async def test_web_answers_carry_security_headers_and_cors_allows_only_configure
         assert "access-control-allow-origin" not in refused, (origin, refused)
 
 
+def test_each_child_holds_only_the_secrets_it_uses(stack: DevStack) -> None:
+    def secrets_of(name: str) -> set[str]:
+        raw = Path(f"/proc/{stack.pids[name]}/environ").read_bytes().split(b"\0")
+        names = {entry.partition(b"=")[0].decode() for entry in raw}
+        return names & {"SMS_JWT_SECRET", "SMS_INGEST_SECRET"}
+
+    assert secrets_of("server") == {"SMS_JWT_SECRET", "SMS_INGEST_SECRET"}
+    assert secrets_of("bridge") == {"SMS_INGEST_SECRET"}
+    for name in ("worker", "simulator", "envoy", "mongo", "redis"):
+        assert secrets_of(name) == set(), name
+
+
 def test_web_root_serves_the_ui_or_explains_how_to_build_it(stack: DevStack) -> None:
     status = http_status(stack.web_url + "/")
     if (ROOT / "clients" / "web" / "dist" / "index.html").exists():
