@@ -119,6 +119,8 @@ class Config:
 
     # Limits per user and the toll-fraud guard.
     max_streams_per_user: int = 20
+    # Agents see (and may claim) conversations nobody is assigned to; off: only admins see them.
+    unassigned_visible_to_agents: bool = True
     send_rate_per_user: float = 20.0
     send_burst_per_user: int = 100
     allowed_countries: tuple[str, ...] = ("US", "CA")
@@ -200,6 +202,7 @@ class Config:
             subscriber_queue_bytes=_int(
                 e, "SMS_SUBSCRIBER_QUEUE_BYTES", cls.subscriber_queue_bytes, minimum=EVENT_BYTES
             ),
+            unassigned_visible_to_agents=_bool(e, "SMS_UNASSIGNED_VISIBLE_TO_AGENTS", cls.unassigned_visible_to_agents),
             max_streams_per_user=_int(e, "SMS_MAX_STREAMS_PER_USER", cls.max_streams_per_user, minimum=1),
             send_rate_per_user=_float(e, "SMS_SEND_RATE_PER_USER", cls.send_rate_per_user),
             send_burst_per_user=_int(e, "SMS_SEND_BURST_PER_USER", cls.send_burst_per_user, minimum=1),

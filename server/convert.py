@@ -8,7 +8,11 @@ from server import status as st
 from server.documents import ConversationDoc, MessageDoc
 from server.timeutil import to_timestamp
 
-_DIRECTION = {"outbound": types_pb2.DIRECTION_OUTBOUND, "inbound": types_pb2.DIRECTION_INBOUND}
+_DIRECTION = {
+    "outbound": types_pb2.DIRECTION_OUTBOUND,
+    "inbound": types_pb2.DIRECTION_INBOUND,
+    "note": types_pb2.DIRECTION_NOTE,
+}
 
 
 def message_to_proto(doc: MessageDoc) -> types_pb2.Message:
@@ -46,6 +50,8 @@ def message_to_proto(doc: MessageDoc) -> types_pb2.Message:
         price_unit=doc.get("price_unit") or "",
         create_time=to_timestamp(doc.get("created")),
         update_time=to_timestamp(doc.get("updated")),
+        # Outbound messages stored before `author` existed name their sender.
+        author=doc.get("author") or doc.get("sender") or "",
     )
     return msg
 
@@ -66,4 +72,15 @@ def conversation_to_proto(doc: ConversationDoc) -> types_pb2.Conversation:
         opted_out=doc.get("opted_out", False),
         create_time=to_timestamp(doc.get("created")),
         update_time=to_timestamp(doc.get("updated")),
+        contact_name=doc.get("contact_name") or "",
+        labels=doc.get("labels") or [],
+        assignment_history=[
+            types_pb2.Assignment(
+                actor=a.get("actor", ""),
+                from_assignee=a.get("from", ""),
+                to_assignee=a.get("to", ""),
+                time=to_timestamp(a.get("time")),
+            )
+            for a in doc.get("assignment_history") or []
+        ],
     )

@@ -19,13 +19,14 @@ from server import status as st
 # A partial document: a filter, or the fields of an update. Whole documents use the types below.
 Fields = dict[str, Any]
 
-Direction = Literal["outbound", "inbound"]
+# A note is an agent's internal message in the thread: no numbers, no status, never sent (AddNote).
+Direction = Literal["outbound", "inbound", "note"]
 
 PREVIEW_CHARS = 160
 
 # The owner of a conversation nobody owns yet (an inbound from a new contact). Not a user id: a token's subject
-# is never empty, so no user can be this owner; only admins (and services) see such a conversation, and the
-# first agent who replies claims it.
+# is never empty, so no user can be this owner. Admins and services see such a conversation, agents too while
+# SMS_UNASSIGNED_VISIBLE_TO_AGENTS is on (server/visibility.py); an agent claims it (AssignConversation, or a reply).
 UNASSIGNED = ""
 
 
@@ -100,6 +101,8 @@ MessageDoc = TypedDict(
         "pending": datetime,
         # Outbound: who sent it (differs from the owner when an admin sends) and Send's idempotency key.
         "sender": str,
+        # Who wrote it: the sender of an outbound message, the writer of a note; absent for inbound.
+        "author": str,
         "fingerprint": str,
         "request_id": str,
         "request_key": str,
@@ -125,6 +128,18 @@ MessageDoc = TypedDict(
 )
 
 
+# One change of a conversation's assignee: who made it, from whom, to whom, when. Functional form: `from`.
+AssignmentEntry = TypedDict("AssignmentEntry", {"actor": str, "from": str, "to": str, "time": datetime})
+
+# The assignment history keeps the latest this many changes, so a conversation (and its event) stays bounded.
+ASSIGNMENT_HISTORY_MAX = 100
+
+
+def assignment_entry(actor: str, previous: str, assignee: str, at: datetime) -> AssignmentEntry:
+    """The history line of one change of assignee (UNASSIGNED on either side for none)."""
+    return {"actor": actor, "from": previous, "to": assignee, "time": at}
+
+
 class ConversationDoc(TypedDict):
     """One conversation per pair of our sender and a contact number."""
 
@@ -142,6 +157,11 @@ class ConversationDoc(TypedDict):
     opted_out: bool
     created: datetime
     updated: datetime
+    # Absent on conversations stored before they existed: read with .get().
+    contact_name: NotRequired[str]
+    labels: NotRequired[list[str]]
+    # Oldest first; the latest ASSIGNMENT_HISTORY_MAX changes.
+    assignment_history: NotRequired[list[AssignmentEntry]]
 
 
 def conversation_id(our_number: str, contact_number: str) -> str:
@@ -233,6 +253,7 @@ def new_outbound(
     media: list[MediaDoc] = [{"url": u, "content_type": ""} for u in media_urls]
     doc = _new_message(conv, "outbound", from_number, to, body, media, st.QUEUED, at, at)
     doc["sender"] = sender
+    doc["author"] = sender
     doc["contact_id"] = contact_id or conv.get("contact_id", "")
     doc["fingerprint"] = fingerprint
     if request_key:
@@ -259,4 +280,25 @@ def new_inbound(
     doc["twilio_sid"] = sid
     doc["segments"] = segments
     doc["params"] = params_doc(params)
+    return doc
+
+
+def new_note(
+    conv: ConversationDoc,
+    *,
+    author: str,
+    body: str,
+    fingerprint: str,
+    request_id: str,
+    request_key: str,
+    at: datetime,
+) -> MessageDoc:
+    """An internal note in the thread: no numbers and no status (never sent), pending until its effects apply."""
+    doc = _new_message(conv, "note", "", "", body, [], "", at, at)
+    doc["status_history"] = []
+    doc["author"] = author
+    doc["fingerprint"] = fingerprint
+    if request_key:
+        doc["request_id"] = request_id
+        doc["request_key"] = request_key
     return doc

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 F_OWNER, F_CONVERSATION, F_DATA = b"owner", b"conversation_id", b"data"
 # A gap marker: this writer failed to append that many events; every reader must resync past it.
 F_GAP = b"gap"
+# On a change of assignee's conversation-updated event only: the owner before (possibly UNASSIGNED, ""). Whoever
+# was entitled by either owner gets that one event (the old assignee's inbox drops it), and nothing after.
+F_PREVIOUS_OWNER = b"previous_owner"
 
 
 class EventLog:
@@ -33,7 +36,9 @@ class EventLog:
         self.retention = retention
         self.lost = 0
 
-    async def append(self, event: types_pb2.Event, owner: str, conversation_id: str) -> str | None:
+    async def append(
+        self, event: types_pb2.Event, owner: str, conversation_id: str, previous_owner: str | None = None
+    ) -> str | None:
         """Appends `event` (its id is assigned by Redis); returns the id, or None when Redis failed.
 
         A failed append must not fail the write that already happened. Instead the next append that
@@ -43,6 +48,8 @@ class EventLog:
         """
         data = event.SerializeToString()
         fields: dict[bytes, bytes | str] = {F_OWNER: owner, F_CONVERSATION: conversation_id, F_DATA: data}
+        if previous_owner is not None:
+            fields[F_PREVIOUS_OWNER] = previous_owner
         oversized = len(data) > limits.EVENT_BYTES
         if oversized:
             log.error("event of %d bytes over the bound of %d not appended", len(data), limits.EVENT_BYTES)
@@ -67,14 +74,17 @@ class EventLog:
         event = types_pb2.Event(type=kind, time=to_timestamp(now()), message=message_to_proto(doc))
         return await self.append(event, doc.get("owner", ""), doc["conversation_id"])
 
-    async def conversation(self, doc: ConversationDoc) -> str | None:
-        """Appends a conversation-updated event carrying the conversation as it now is."""
+    async def conversation(self, doc: ConversationDoc, previous_owner: str | None = None) -> str | None:
+        """Appends a conversation-updated event carrying the conversation as it now is.
+
+        `previous_owner`: the event of a change of assignee, entitling the owner before as well as the new one.
+        """
         event = types_pb2.Event(
             type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,
             time=to_timestamp(now()),
             conversation=conversation_to_proto(doc),
         )
-        return await self.append(event, doc.get("owner", ""), doc["_id"])
+        return await self.append(event, doc.get("owner", ""), doc["_id"], previous_owner)
 
 
 # Reading the log (Subscribe). Entry ids are "<ms>-<seq>"; as tuples they compare in log order.

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from bson import ObjectId
 from sms.v1 import types_pb2
 
-from server import limits, paging
+from server import limits, listing, paging
 from server import status as st
 from server.auth import Caller
 from server.config import Config
@@ -45,6 +45,7 @@ from server.phone import check_destination, normalise_lenient, to_e164
 from server.reasons import Reason
 from server.store import Store
 from server.timeutil import now
+from server.visibility import may_see
 from server.worker.queue import SendQueue
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,9 @@ class Gateway:
 
     # Access
 
-    @staticmethod
-    def _may_see(caller: Caller, conversation: ConversationDoc) -> bool:
-        """Admins and services see every conversation; an agent only those they own (never an unassigned one)."""
-        owner = conversation.get("owner", UNASSIGNED)
-        return caller.sees_all or (owner != UNASSIGNED and owner == caller.user_id)
+    def _may_see(self, caller: Caller, conversation: ConversationDoc) -> bool:
+        """The one visibility rule (server/visibility.py) applied to a stored conversation."""
+        return may_see(self.cfg, caller, conversation.get("owner", UNASSIGNED))
 
     async def conversation_for(self, caller: Caller, cid: str) -> ConversationDoc:
         """The conversation when the caller may see it; NOT_FOUND otherwise (existence is not leaked)."""
@@ -266,7 +265,10 @@ class Gateway:
         inbound = doc["direction"] == "inbound"
         opt = opt_keyword(doc.get("body", "")) if inbound else None
         extra = {} if opt is None else {"opted_out": opt}
-        await self.store.count_message(doc["conversation_id"], doc, unread=inbound, extra=extra)
+        # A note is counted but stays out of the unread count and the last-message preview (what the contact and
+        # we said), and is never sent.
+        note = doc["direction"] == "note"
+        await self.store.count_message(doc["conversation_id"], doc, unread=inbound, extra=extra, latest=not note)
         conv = await self.store.get_conversation(doc["conversation_id"])
         if conv is not None and conv["owner"] != doc["owner"]:
             # The conversation was claimed after this message copied its owner (and maybe after the claim moved
@@ -276,7 +278,7 @@ class Gateway:
         await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
         if conv is not None:
             await self.events.conversation(conv)
-        if not inbound:
+        if doc["direction"] == "outbound":
             await self.queue.enqueue(str(doc["_id"]))
         await self.store.clear_pending(doc["_id"])
         doc.pop("pending", None)
@@ -301,13 +303,13 @@ class Gateway:
         conv = await self.store.get_conversation(cid) or await self.store.create_conversation(
             new_conversation(self.our_number, req.to, caller.user_id, req.contact_id, now())
         )
-        mine = self._may_see(caller, conv)
+        owner = conv["owner"]
         # Access before anything else about the conversation: another agent's contact's opt-out is theirs.
-        if not mine and conv["owner"] != UNASSIGNED:
+        if not caller.sees_all and owner not in (caller.user_id, UNASSIGNED):
             raise _of_another_agent()
         if conv.get("opted_out"):
             raise FailedPrecondition(f"{req.to} has opted out (STOP); they must text START first", Reason.OPTED_OUT)
-        if mine:
+        if caller.sees_all or owner == caller.user_id:
             return conv
         # An unassigned conversation (an inbound from a new contact) goes to the first agent who answers.
         if not await self.store.claim_unassigned(cid, caller.user_id, req.contact_id):
@@ -315,16 +317,24 @@ class Gateway:
         await self.store.reassign_messages(cid, caller.user_id)
         claimed = await self.store.get_conversation(cid)
         assert claimed is not None  # a conversation is never deleted
+        # The change of assignee (recorded in its history by the claim): every agent who saw it unassigned sees
+        # it go to the claimer.
+        await self.events.conversation(claimed, previous_owner=UNASSIGNED)
         return claimed
 
     # Reading
 
-    async def list_conversations(self, caller: Caller, size: int, token: str) -> tuple[list[ConversationDoc], str]:
-        limit = paging.page_size(size)
-        after = paging.decode_token("conversations", token)
-        owner = None if caller.sees_all else caller.user_id
-        docs = await self.store.list_conversations(owner, after, limit + 1)
-        return _page("conversations", docs, limit, lambda d: (d["last_message_at"], d["_id"]))
+    async def list_conversations(
+        self, caller: Caller, size: int, token: str, filter_text: str = "", query: str = ""
+    ) -> tuple[list[ConversationDoc], str]:
+        """A page of what the caller may see, narrowed by `filter_text` and `query` (server/listing.py)."""
+        return await listing.list_conversations(self.cfg, self.store, caller, size, token, filter_text, query)
+
+    async def search_messages(
+        self, caller: Caller, query: str, size: int, token: str
+    ) -> tuple[list[tuple[MessageDoc, ConversationDoc]], str]:
+        """A page of message hits with their conversations (server/listing.py)."""
+        return await listing.search_messages(self.cfg, self.store, caller, query, size, token)
 
     async def list_messages(self, caller: Caller, cid: str, size: int, token: str) -> tuple[list[MessageDoc], str]:
         limit = paging.page_size(size)

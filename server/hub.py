@@ -16,13 +16,13 @@ from sms.v1 import sms_pb2, types_pb2
 from server import limits
 from server.auth import Caller
 from server.config import Config
-from server.documents import UNASSIGNED
 from server.errors import InvalidArgument, Unavailable
 from server.events import (
     F_CONVERSATION,
     F_DATA,
     F_GAP,
     F_OWNER,
+    F_PREVIOUS_OWNER,
     ZERO_ID,
     EventId,
     entry_id,
@@ -32,6 +32,7 @@ from server.events import (
     read_page,
 )
 from server.reasons import Reason
+from server.visibility import visible_owners
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,12 @@ def _heartbeat(last: EventId) -> Response:
 class Subscriber:
     """One open Subscribe call: what it may see, and its queue of live events, bounded in count and in bytes."""
 
-    __slots__ = ("closed", "conversation", "items", "limit", "limit_bytes", "owner", "queued_bytes", "resync", "wake")
+    __slots__ = ("closed", "conversation", "items", "limit", "limit_bytes", "owners", "queued_bytes", "resync", "wake")
 
-    def __init__(self, owner: str | None, conversation: str, limit: int, limit_bytes: int) -> None:
-        # None: every owner's events. A conversation narrows further; events carry the current owner.
-        self.owner = owner
+    def __init__(self, owners: tuple[str, ...] | None, conversation: str, limit: int, limit_bytes: int) -> None:
+        # The owners whose events are this subscriber's (server/visibility.py); None: every owner's. A conversation
+        # narrows further; events carry the owner they had when they happened.
+        self.owners = owners
         self.conversation = conversation
         self.limit = limit
         self.limit_bytes = limit_bytes
@@ -96,17 +98,21 @@ class Subscriber:
         self.resync: tuple[EventId, str] | None = None
         self.closed = False
 
-    def wants(self, owner: str, conversation: str) -> bool:
+    def wants(self, owner: str, conversation: str, previous: str | None = None) -> bool:
         """Whether an event of `owner`'s `conversation` is this subscriber's.
 
-        An unassigned conversation's events reach only the subscribers of every owner (admins): no agent
-        subscribes as UNASSIGNED, and this says so even if one did (gap markers, also without an owner, are
-        resyncs for everyone before routing). Events are routed by the owner they carried when they happened,
-        so a claimed conversation's later events reach the agent who claimed it.
+        Events are routed by the owner they carried when they happened, live and on a replay alike: a
+        conversation's later events reach whoever it was assigned to by then. A change of assignee's event also
+        carries the owner before (`previous`) and reaches the subscribers of either, so the old assignee's
+        inbox sees it go and nothing after. An unassigned conversation's events (owner UNASSIGNED) reach agents
+        only when visible_owners lists UNASSIGNED for them (SMS_UNASSIGNED_VISIBLE_TO_AGENTS); gap markers are
+        resyncs for everyone before routing.
         """
         if self.conversation and conversation != self.conversation:
             return False
-        return self.owner is None or (owner != UNASSIGNED and owner == self.owner)
+        if self.owners is None:
+            return True
+        return owner in self.owners or (previous is not None and previous in self.owners)
 
     def offer(self, key: EventId, response: Response, size: int) -> None:
         """Queues a live event of `size` bytes; past either bound drops the queue and owes one resync instead."""
@@ -196,32 +202,34 @@ class Hub:
             seen |= group
         return seen
 
-    def _index(self, sub: Subscriber) -> tuple[dict[str, set[Subscriber]] | None, str]:
+    def _index(self, sub: Subscriber) -> tuple[dict[str, set[Subscriber]] | None, tuple[str, ...]]:
         if sub.conversation:
-            return self._by_conversation, sub.conversation
-        if sub.owner is None:
-            return None, ""
-        return self._by_owner, sub.owner
+            return self._by_conversation, (sub.conversation,)
+        if sub.owners is None:
+            return None, ()
+        return self._by_owner, sub.owners
 
     def _add(self, sub: Subscriber) -> None:
-        index, key = self._index(sub)
+        index, keys = self._index(sub)
         if index is None:
             self._everything.add(sub)
         else:
-            index.setdefault(key, set()).add(sub)
+            for key in keys:
+                index.setdefault(key, set()).add(sub)
         self._count += 1
         self._empty.clear()
 
     def _remove(self, sub: Subscriber) -> None:
-        index, key = self._index(sub)
+        index, keys = self._index(sub)
         if index is None:
             self._everything.discard(sub)
         else:
-            group = index.get(key)
-            if group is not None:
-                group.discard(sub)
-                if not group:
-                    del index[key]
+            for key in keys:
+                group = index.get(key)
+                if group is not None:
+                    group.discard(sub)
+                    if not group:
+                        del index[key]
         self._count -= 1
         if not self._count:
             self._empty.set()
@@ -272,13 +280,16 @@ class Hub:
                 continue
             owner = fields.get(F_OWNER, b"").decode()
             conversation = fields.get(F_CONVERSATION, b"").decode()
-            targets = [
-                sub
-                for group in (self._by_owner.get(owner), self._everything, self._by_conversation.get(conversation))
-                if group
-                for sub in group
-                if sub.wants(owner, conversation)
-            ]
+            raw_previous = fields.get(F_PREVIOUS_OWNER)
+            previous = None if raw_previous is None else raw_previous.decode()
+            groups = (
+                self._by_owner.get(owner),
+                None if previous is None or previous == owner else self._by_owner.get(previous),
+                self._everything,
+                self._by_conversation.get(conversation),
+            )
+            # A subscriber listed under several owners (an agent: their own and the unassigned) gets an event once.
+            targets = {sub for group in groups if group for sub in group if sub.wants(owner, conversation, previous)}
             if not targets:
                 continue
             try:
@@ -303,11 +314,17 @@ class Hub:
     # One subscriber
 
     def subscriber_for(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> Subscriber:
-        """What the caller may see: agents only their own conversations, whatever all_owners says."""
+        """What the caller may see (server/visibility.py), whatever all_owners says: agents their own conversations
+        and, by setting, the unassigned ones; admins and services every owner's with all_owners or a
+        conversation, else their own."""
         narrowed = bool(request.conversation_id)
-        owner = None if caller.sees_all and (request.all_owners or narrowed) else caller.user_id
+        owners: tuple[str, ...] | None
+        if caller.sees_all:
+            owners = None if request.all_owners or narrowed else (caller.user_id,)
+        else:
+            owners = visible_owners(self.cfg, caller)
         return Subscriber(
-            owner, request.conversation_id, self.cfg.subscriber_queue_size, self.cfg.subscriber_queue_bytes
+            owners, request.conversation_id, self.cfg.subscriber_queue_size, self.cfg.subscriber_queue_bytes
         )
 
     async def subscribe(self, caller: Caller, request: sms_pb2.SubscribeRequest) -> AsyncGenerator[Response, None]:
@@ -367,7 +384,11 @@ class Hub:
                     cursor = entry_id(raw_id)
                     if F_GAP in fields:
                         yield _resync(EVENTS_LOST, cursor), cursor
-                    elif sub.wants(fields.get(F_OWNER, b"").decode(), fields.get(F_CONVERSATION, b"").decode()):
+                    elif sub.wants(
+                        fields.get(F_OWNER, b"").decode(),
+                        fields.get(F_CONVERSATION, b"").decode(),
+                        None if F_PREVIOUS_OWNER not in fields else fields[F_PREVIOUS_OWNER].decode(),
+                    ):
                         yield _event(raw_id, fields), cursor
                 if len(entries) < REPLAY_PAGE:
                     break

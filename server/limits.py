@@ -39,6 +39,14 @@ URL_BYTES = 2 * KIB
 # One media content type (RFC 6838: type and subtype of at most 127 characters each).
 CONTENT_TYPE_BYTES = 255
 CONTACT_ID_BYTES = 256
+# UpdateConversation: the contact's name; labels, how many and each; the update_mask's paths, how many and each.
+CONTACT_NAME_BYTES = 256
+LABELS_COUNT = 20
+LABEL_BYTES = 64
+MASK_PATHS_COUNT = 10
+MASK_PATH_BYTES = 64
+# AddNote's body: an internal note, never an SMS.
+NOTE_BODY_BYTES = 4 * KIB
 REQUEST_ID_BYTES = 200
 # Twilio's MessageStatus values; the longest is "partially_delivered".
 STATUS_BYTES = 32
@@ -52,6 +60,9 @@ PARAM_KEY_BYTES = 128
 PARAMS_BYTES = FORM_BYTES
 # Our page tokens take under 100 bytes; resume tokens (Redis stream ids) at most 41.
 PAGE_TOKEN_BYTES = 512
+# ListConversations' filter (server/filters.py) and the free-text queries of ListConversations and SearchMessages.
+FILTER_BYTES = 512
+QUERY_BYTES = 256
 RESUME_TOKEN_BYTES = 64
 # Times: from the Unix epoch to the end of year 9999, which Python, BSON dates and protobuf all represent.
 TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)

@@ -42,6 +42,12 @@ def decode_token(kind: str, token: str) -> tuple[datetime, str] | None:
         k = ms = key = None
     # A time outside what a datetime holds is as malformed as garbage (from_ms would raise OSError).
     in_range = isinstance(ms, int) and limits.TIME_MIN_MS <= ms <= limits.TIME_MAX_MS
+    # A kind may carry a scope after a colon (the filter and query a list was read with): a token of the same
+    # list under another scope would continue a different list.
+    if isinstance(k, str) and k != kind and k.split(":")[0] == kind.split(":")[0] and in_range:
+        raise InvalidArgument(
+            "page_token", "this page token belongs to a different filter or query", Reason.INVALID_PAGE_TOKEN
+        )
     if k != kind or not in_range or not isinstance(key, str):
         raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
     return from_ms(ms), key

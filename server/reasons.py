@@ -24,6 +24,10 @@ class Reason(StrEnum):
     INVALID_PHONE_NUMBER = "INVALID_PHONE_NUMBER"
     INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
     INVALID_RESUME_TOKEN = "INVALID_RESUME_TOKEN"
+    # ListConversations' filter does not parse, names an unknown field, or uses an unsupported operator.
+    INVALID_FILTER = "INVALID_FILTER"
+    # A search query with nothing to search for, or too many words.
+    INVALID_QUERY = "INVALID_QUERY"
     # A field over its bound (server/limits.py); a timestamp out of range.
     INPUT_TOO_LARGE = "INPUT_TOO_LARGE"
     INVALID_TIMESTAMP = "INVALID_TIMESTAMP"
@@ -33,6 +37,14 @@ class Reason(StrEnum):
     # Access.
     ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
     CONVERSATION_OF_ANOTHER_AGENT = "CONVERSATION_OF_ANOTHER_AGENT"
+    # An agent filtered by another user's assignee (`assignee = "bob"`): admins and services only.
+    FILTER_NOT_ALLOWED = "FILTER_NOT_ALLOWED"
+    # AssignConversation: an agent asked for a change only an admin may make (server/assignment.py).
+    ASSIGNMENT_NOT_ALLOWED = "ASSIGNMENT_NOT_ALLOWED"
+    # UpdateConversation by an agent who sees the conversation (an unassigned one) but is not its assignee.
+    NOT_ASSIGNEE = "NOT_ASSIGNEE"
+    # An update_mask path UpdateConversation does not update, or no path at all.
+    INVALID_UPDATE_MASK = "INVALID_UPDATE_MASK"
 
     # Limits per user (RESOURCE_EXHAUSTED, with a RetryInfo) and the toll-fraud guard (FAILED_PRECONDITION).
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
@@ -47,6 +59,10 @@ class Reason(StrEnum):
 
     # State.
     OPTED_OUT = "OPTED_OUT"
+    # A claim lost: the conversation is no longer unassigned (FAILED_PRECONDITION).
+    CONVERSATION_ALREADY_ASSIGNED = "CONVERSATION_ALREADY_ASSIGNED"
+    # The assignee changed between the read and the write of this call (FAILED_PRECONDITION): read it again.
+    ASSIGNEE_CHANGED = "ASSIGNEE_CHANGED"
     TWILIO_NOT_CONFIGURED = "TWILIO_NOT_CONFIGURED"
     # SMS_INGEST_SECRET is unset on the server: SmsIngestService refuses every call.
     INGEST_NOT_CONFIGURED = "INGEST_NOT_CONFIGURED"

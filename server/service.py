@@ -16,6 +16,7 @@ from server.convert import conversation_to_proto, message_to_proto
 from server.edge import Context, streaming, unary
 from server.gateway import Gateway, validate_send
 from server.hub import Hub
+from server.inbox import Inbox
 from server.quotas import SendRate, StreamSlots
 
 
@@ -27,6 +28,7 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
         self.gateway = gateway
         self.hub = hub
         self.admin = admin
+        self.inbox = Inbox(gateway)
         self.streams = StreamSlots(cfg.max_streams_per_user)
         # The buckets live in the Redis the hub reads, shared by every replica.
         self.send_rate = SendRate(hub.redis, cfg.send_rate_per_user, cfg.send_burst_per_user)
@@ -57,9 +59,23 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     async def ListConversations(
         self, request: sms_pb2.ListConversationsRequest, context: Context, caller: Caller
     ) -> sms_pb2.ListConversationsResponse:
-        docs, token = await self.gateway.list_conversations(caller, request.page_size, request.page_token)
+        docs, token = await self.gateway.list_conversations(
+            caller, request.page_size, request.page_token, request.filter, request.query
+        )
         return sms_pb2.ListConversationsResponse(
             conversations=[conversation_to_proto(d) for d in docs], next_page_token=token
+        )
+
+    @unary()
+    async def SearchMessages(
+        self, request: sms_pb2.SearchMessagesRequest, context: Context, caller: Caller
+    ) -> sms_pb2.SearchMessagesResponse:
+        hits, token = await self.gateway.search_messages(caller, request.query, request.page_size, request.page_token)
+        return sms_pb2.SearchMessagesResponse(
+            hits=[
+                sms_pb2.MessageHit(message=message_to_proto(m), conversation=conversation_to_proto(c)) for m, c in hits
+            ],
+            next_page_token=token,
         )
 
     @unary()
@@ -91,6 +107,39 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
             async with contextlib.aclosing(self.hub.subscribe(caller, request)) as stream:
                 async for response in stream:
                     yield response
+
+    # The inbox calls (issue 11): rules in server/assignment.py, server/inbox.py.
+    @unary()
+    async def UpdateConversation(
+        self, request: sms_pb2.UpdateConversationRequest, context: Context, caller: Caller
+    ) -> sms_pb2.UpdateConversationResponse:
+        doc = await self.inbox.update(caller, request.conversation, list(request.update_mask.paths))
+        return sms_pb2.UpdateConversationResponse(conversation=conversation_to_proto(doc))
+
+    @unary()
+    async def AssignConversation(
+        self, request: sms_pb2.AssignConversationRequest, context: Context, caller: Caller
+    ) -> sms_pb2.AssignConversationResponse:
+        doc = await self.inbox.assign(
+            caller, limits.ident("conversation_id", request.conversation_id), request.assignee
+        )
+        return sms_pb2.AssignConversationResponse(conversation=conversation_to_proto(doc))
+
+    @unary()
+    async def AddNote(
+        self, request: sms_pb2.AddNoteRequest, context: Context, caller: Caller
+    ) -> sms_pb2.AddNoteResponse:
+        doc, _ = await self.inbox.add_note(
+            caller, limits.ident("conversation_id", request.conversation_id), request.body, request.request_id
+        )
+        return sms_pb2.AddNoteResponse(message=message_to_proto(doc))
+
+    @unary()
+    async def GetInboxSummary(
+        self, request: sms_pb2.GetInboxSummaryRequest, context: Context, caller: Caller
+    ) -> sms_pb2.GetInboxSummaryResponse:
+        mine, unread, unassigned = await self.inbox.summary(caller)
+        return sms_pb2.GetInboxSummaryResponse(mine=mine, unread=unread, unassigned=unassigned)
 
     # The operator calls: admins only. The service role reads and writes every conversation like an admin, but
     # its token lives in other systems, so it may not trigger Twilio syncs nor read the operator's queue figures.

@@ -2,19 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from server.documents import UNASSIGNED, ConversationDoc, Fields, MessageDoc, message_oid, preview
+from server.documents import (
+    ASSIGNMENT_HISTORY_MAX,
+    UNASSIGNED,
+    AssignmentEntry,
+    ConversationDoc,
+    Fields,
+    MessageDoc,
+    assignment_entry,
+    message_oid,
+    preview,
+)
+from server.limits import TIME_MIN
+from server.search import number_terms, text_terms
 from server.timeutil import now
 
 Cursor = tuple[datetime, str]
+Doc = TypeVar("Doc", ConversationDoc, MessageDoc)
+
+# A conversation's search terms (server/search.py) come from three writers: its number (create_conversation), its
+# contact name (update_conversation) and its last message (count_message). Each writes its own part and, in the
+# same update, `search_terms`, their union, which the search indexes hold.
+TERM_PARTS = ("number_terms", "name_terms", "preview_terms")
+# The keyset scans below read a window of time at a time (see _scan); the first window, and the rows one query of
+# a window returns at most.
+FIRST_WINDOW = timedelta(hours=1)
+SCAN_BATCH = 64
+
+
+def conversation_search_fields(contact_number: str, contact_name: str, preview_text: str) -> Fields:
+    """The stored search fields of a conversation with this number, name and last message preview."""
+    parts = {
+        "number_terms": number_terms(contact_number),
+        "name_terms": text_terms(contact_name),
+        "preview_terms": text_terms(preview_text),
+    }
+    return {**parts, "search_terms": sorted({t for terms in parts.values() for t in terms})}
+
+
+def _terms_update(fields: Mapping[str, Any], inc: Mapping[str, int]) -> list[Fields]:
+    """An update (a pipeline) that sets `fields` (values taken literally), adds `inc`, and recomputes
+    `search_terms` from the term parts as they then are: atomic with respect to the other writers of a part."""
+    first: Fields = {k: {"$literal": v} for k, v in fields.items()}
+    first.update({k: {"$add": [{"$ifNull": [f"${k}", 0]}, n]} for k, n in inc.items()})
+    union = {"$setUnion": [{"$ifNull": [f"${part}", []]} for part in TERM_PARTS]}
+    return [{"$set": first}, {"$set": {"search_terms": union}}]
+
 
 # Message fields behind sparse indexes: written as None by callers, stored as absent.
 SPARSE_FIELDS = frozenset({"send_due", "sent_at", "twilio_sid", "request_key", "pending"})
@@ -78,6 +120,20 @@ class Store:
             [("owner", ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
         )
         await self.conversations.create_index([("last_message_at", DESCENDING), ("_id", DESCENDING)])
+        # ListConversations' filter and query (scan_conversations): one index per equality it starts from, with
+        # and without the owner (agents read their own and the unassigned ones, one owner at a time).
+        for key in ("contact_id", "labels", "search_terms"):
+            await self.conversations.create_index(
+                [(key, ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
+            )
+            await self.conversations.create_index(
+                [("owner", ASCENDING), (key, ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
+            )
+        # SearchMessages (scan_messages).
+        await self.messages.create_index([("search_terms", ASCENDING), ("created", DESCENDING), ("_id", DESCENDING)])
+        await self.messages.create_index(
+            [("owner", ASCENDING), ("search_terms", ASCENDING), ("created", DESCENDING), ("_id", DESCENDING)]
+        )
 
     # Conversations
 
@@ -86,8 +142,11 @@ class Store:
 
     async def create_conversation(self, doc: ConversationDoc) -> ConversationDoc:
         """Inserts `doc`, or returns the conversation a concurrent caller created first."""
+        fields = conversation_search_fields(
+            doc["contact_number"], doc.get("contact_name", ""), doc["last_message_preview"]
+        )
         try:
-            await self.conversations.insert_one(doc)
+            await self.conversations.insert_one(cast(ConversationDoc, {**doc, **fields}))
             return doc
         except DuplicateKeyError:
             existing = await self.get_conversation(doc["_id"])
@@ -95,12 +154,48 @@ class Store:
             return existing
 
     async def claim_unassigned(self, cid: str, owner: str, contact_id: str) -> bool:
-        """Gives an unassigned conversation to `owner`; False when it is not unassigned (any more)."""
-        update: Fields = {"owner": owner, "updated": now()}
+        """Gives an unassigned conversation to `owner` (a reply claims it), recording the change in its history in
+        the same update; False when it is not unassigned (any more)."""
+        t = now()
+        update: Fields = {"owner": owner, "updated": t}
         if contact_id:
             update["contact_id"] = contact_id
-        result = await self.conversations.update_one({"_id": cid, "owner": UNASSIGNED}, {"$set": update})
+        return await self._set_owner(cid, UNASSIGNED, update, assignment_entry(owner, UNASSIGNED, owner, t))
+
+    async def assign(self, cid: str, expected: str, entry: AssignmentEntry) -> bool:
+        """Moves a conversation from `expected` to `entry["to"]` and appends `entry` to its history, in one
+        conditional update; False when its owner is no longer `expected` (a concurrent change won)."""
+        return await self._set_owner(cid, expected, {"owner": entry["to"], "updated": entry["time"]}, entry)
+
+    async def _set_owner(self, cid: str, expected: str, update: Fields, entry: AssignmentEntry) -> bool:
+        # The filter on the owner read is the race guard: of two concurrent changes from one owner, one matches.
+        history = {"assignment_history": {"$each": [entry], "$slice": -ASSIGNMENT_HISTORY_MAX}}
+        result = await self.conversations.update_one(
+            {"_id": cid, "owner": expected}, {"$set": update, "$push": history}
+        )
         return result.matched_count == 1
+
+    async def update_conversation(self, cid: str, owner: str, fields: Fields) -> bool:
+        """Sets `fields` (contact name, id, labels) while the conversation's owner is still `owner`."""
+        update: Fields | list[Fields] = {"$set": {**fields, "updated": now()}}
+        if "contact_name" in fields:
+            # The name is searched (ListConversations' query): its terms change with it, in the same update.
+            update = _terms_update({**fields, "name_terms": text_terms(fields["contact_name"]), "updated": now()}, {})
+        result = await self.conversations.update_one({"_id": cid, "owner": owner}, update)
+        return result.matched_count == 1
+
+    async def count_conversations(self, owner: str) -> int:
+        """Conversations assigned to `owner` (UNASSIGNED: nobody)."""
+        return await self.conversations.count_documents({"owner": owner})
+
+    async def count_unread(self, owners: tuple[str, ...] | None) -> int:
+        """Conversations with unread messages among those of `owners` (None: every owner), one indexed count each."""
+        if owners is None:
+            return await self.conversations.count_documents({"unread_count": {"$gt": 0}})
+        total = 0
+        for owner in owners:
+            total += await self.conversations.count_documents({"owner": owner, "unread_count": {"$gt": 0}})
+        return total
 
     async def reassign_messages(self, cid: str, owner: str) -> None:
         """Gives a conversation's messages its new owner (each message carries a copy for its events)."""
@@ -110,20 +205,28 @@ class Store:
         """Gives one message its conversation's owner (a message stored as its conversation was claimed)."""
         await self.messages.update_one({"_id": oid}, {"$set": {"owner": owner}})
 
-    async def count_message(self, cid: str, message: MessageDoc, unread: bool, extra: Mapping[str, Any]) -> None:
-        """Counts a new message into its conversation and makes it the last message when it is newest."""
+    async def count_message(
+        self, cid: str, message: MessageDoc, unread: bool, extra: Mapping[str, Any], latest: bool = True
+    ) -> None:
+        """Counts a new message into its conversation and, with `latest`, makes it the last message when it is
+        newest (a note is counted but never becomes the last message)."""
         created: datetime = message["created"]
         inc = {"message_count": 1, **({"unread_count": 1} if unread else {})}
+        if not latest:
+            await self.conversations.update_one({"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}})
+            return
+        shown = preview(message.get("body", ""), len(message.get("media", [])))
         last = {
             "last_message_at": created,
-            "last_message_preview": preview(message.get("body", ""), len(message.get("media", []))),
+            "last_message_preview": shown,
             "last_message_direction": message["direction"],
+            "preview_terms": text_terms(shown),
             "updated": now(),
             **extra,
         }
         # Conditional on time so concurrent writers never put an older message on top.
         result = await self.conversations.update_one(
-            {"_id": cid, "last_message_at": {"$lte": created}}, {"$set": last, "$inc": inc}
+            {"_id": cid, "last_message_at": {"$lte": created}}, _terms_update(last, inc)
         )
         if result.matched_count == 0:
             await self.conversations.update_one({"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}})
@@ -151,12 +254,118 @@ class Store:
         cursor = self.conversations.find(query).sort([("last_message_at", DESCENDING), ("_id", DESCENDING)])
         return await cursor.limit(limit).to_list()
 
+    async def scan_conversations(
+        self,
+        drivers: Sequence[Fields],
+        after: Cursor | None,
+        need: int,
+        keep: Callable[[ConversationDoc], bool],
+    ) -> list[ConversationDoc]:
+        """Up to `need` conversations that match one of `drivers` (equality filters, each served by an index with
+        the list order) and `keep`, newest activity first, after the keyset cursor `after`."""
+        return await self._scan(self.conversations, "last_message_at", drivers, after, need, keep)
+
+    async def scan_messages(
+        self,
+        drivers: Sequence[Fields],
+        after: tuple[datetime, ObjectId] | None,
+        need: int,
+        keep: Callable[[MessageDoc], bool],
+    ) -> list[MessageDoc]:
+        """Up to `need` messages that match one of `drivers` and `keep`, newest first, after `after`."""
+        return await self._scan(self.messages, "created", drivers, after, need, keep)
+
+    async def conversations_by_id(self, ids: Sequence[str]) -> dict[str, ConversationDoc]:
+        docs = await self.conversations.find({"_id": {"$in": list(set(ids))}}).to_list()
+        return {d["_id"]: d for d in docs}
+
+    async def _scan(
+        self,
+        coll: AsyncCollection[Doc],
+        time_field: str,
+        drivers: Sequence[Fields],
+        after: tuple[datetime, Any] | None,
+        need: int,
+        keep: Callable[[Doc], bool],
+    ) -> list[Doc]:
+        """The keyset scan behind every filtered list and search: a window of time at a time, newest first.
+
+        Each query is an equality (one of `drivers`) plus a range of `time_field`, so one index (the equality's
+        fields, then the list order) serves it on MongoDB and on SecantusDB alike; SecantusDB reads every row in
+        the range before it sorts and limits, so the range is what bounds a query's cost, not the limit. A window
+        is sized from the previous one's density to hold about SCAN_BATCH rows, and grows while it finds none, so
+        a page costs about (rows it skips + rows it keeps) / SCAN_BATCH queries whatever the collection's size.
+        Rows at the cursor's own time are read first by `_id` (no `$or`, which neither store serves from the
+        list's index), so ties are neither repeated nor skipped. `keep` refines in Python (the terms no index
+        holds), never widens: every driver already carries the caller's visibility.
+        """
+        order = [(time_field, DESCENDING), ("_id", DESCENDING)]
+
+        def position(doc: Doc) -> tuple[datetime, Any]:
+            return doc[time_field], doc["_id"]  # type: ignore[literal-required]
+
+        async def probe(extra: Fields) -> tuple[list[Doc], tuple[datetime, Any] | None]:
+            """The rows of every driver in the range, merged, and the position down to which they are complete
+            (None: the whole range)."""
+            complete: tuple[datetime, Any] | None = None
+            merged: list[Doc] = []
+            for driver in drivers:
+                rows = await coll.find({**driver, **extra}).sort(order).limit(SCAN_BATCH).to_list()
+                merged += rows
+                if len(rows) == SCAN_BATCH and (complete is None or position(rows[-1]) > complete):
+                    complete = position(rows[-1])
+            merged.sort(key=position, reverse=True)
+            if complete is not None:
+                merged = [d for d in merged if position(d) >= complete]
+            return merged, complete
+
+        found: list[Doc] = []
+        seen: set[Any] = set()
+
+        def take(rows: list[Doc]) -> None:
+            for doc in rows:
+                if doc["_id"] not in seen and keep(doc):
+                    seen.add(doc["_id"])
+                    found.append(doc)
+
+        top: datetime | None = None if after is None else after[0]
+        tie: Any = None if after is None else after[1]
+        window = FIRST_WINDOW
+        while len(found) < need:
+            if top is not None and tie is not None:
+                rows, complete = await probe({time_field: top, "_id": {"$lt": tie}})
+                take(rows)
+                if complete is not None:
+                    tie = complete[1]
+                    continue
+                tie = None
+            if top is not None and top <= TIME_MIN:
+                break
+            low = max((top or now()) - window, TIME_MIN)
+            span: Fields = {"$gte": low} if top is None else {"$gte": low, "$lt": top}
+            rows, complete = await probe({time_field: span})
+            take(rows)
+            if complete is not None:
+                # The window held more than a batch: continue below the last row read, with a narrower window.
+                top, tie = complete
+                window = max(window / 4, timedelta(milliseconds=1))
+                continue
+            if low <= TIME_MIN:
+                break
+            top = low
+            # Aim the next window at about one batch of rows, from this one's density; grow fast while empty.
+            grow = 8.0 if not rows else min(max(SCAN_BATCH / len(rows), 1.5), 8.0)
+            window = window * grow
+        return found[:need]
+
     # Messages
 
     async def insert_new_message(self, doc: MessageDoc) -> bool:
         """Stores a new message (setting its `_id`); False when its sid or request key is already stored."""
         try:
-            result = await self.messages.insert_one(doc)
+            # Stored with its search terms (SearchMessages), which the caller's copy does not carry.
+            stored = cast(MessageDoc, {**doc, "search_terms": text_terms(doc.get("body", ""))})
+            result = await self.messages.insert_one(stored)
         except DuplicateKeyError:
             return False
         doc["_id"] = result.inserted_id

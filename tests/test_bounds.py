@@ -103,11 +103,22 @@ def base_requests() -> dict[str, tuple[ProtoMessage, str]]:
         "GetMessage": (sms_pb2.GetMessageRequest(message_id=str(ObjectId())), "agent"),
         "GetConversation": (sms_pb2.GetConversationRequest(conversation_id="c" + "0" * 24), "agent"),
         "ListConversations": (sms_pb2.ListConversationsRequest(), "agent"),
+        "SearchMessages": (sms_pb2.SearchMessagesRequest(query="hello"), "agent"),
         "ListMessages": (sms_pb2.ListMessagesRequest(conversation_id="c" + "0" * 24), "agent"),
         "MarkConversationRead": (sms_pb2.MarkConversationReadRequest(conversation_id="c" + "0" * 24), "agent"),
         "Subscribe": (sms_pb2.SubscribeRequest(), "agent"),
         "GetQueueStats": (sms_pb2.GetQueueStatsRequest(), "admin"),
         "SyncFromTwilio": (sms_pb2.SyncFromTwilioRequest(start_time=hour_ago), "admin"),
+        "UpdateConversation": (
+            sms_pb2.UpdateConversationRequest(conversation=types_pb2.Conversation(id="c" + "0" * 24)),
+            "agent",
+        ),
+        "AssignConversation": (
+            sms_pb2.AssignConversationRequest(conversation_id="c" + "0" * 24, assignee="someone"),
+            "admin",
+        ),
+        "AddNote": (sms_pb2.AddNoteRequest(conversation_id="c" + "0" * 24, body="note"), "agent"),
+        "GetInboxSummary": (sms_pb2.GetInboxSummaryRequest(), "agent"),
         "RecordInbound": (inbound_request(), "service"),
         "RecordStatus": (ingest_pb2.RecordStatusRequest(message_sid=sid(), message_status="sent"), "service"),
     }

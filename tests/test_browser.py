@@ -33,7 +33,14 @@ from tests.support.browser import (
     screenshot,
     skip_or_fail_without_browser,
 )
-from tests.support.dev_stack import DevStack, dev_stack, inject_inbound, patch_rules
+from tests.support.dev_stack import (
+    DevStack,
+    dev_stack,
+    inject_inbound,
+    patch_rules,
+    sim_creates,
+    sim_messages,
+)
 from tests.support.polling import eventually
 from tests.support.processes import pid_alive
 
@@ -52,6 +59,12 @@ def new_contact() -> str:
     n = next(_numbers)
     assert n < 100
     return f"+141555501{n:02d}"
+
+
+def national(e164: str) -> str:
+    """How the UI shows a +1 415 555 01xx number without a contact name: national format, (415) 555-01xx."""
+    assert e164.startswith("+1415555"), e164
+    return f"(415) 555-{e164[-4:]}"
 
 
 def sel(testid: str, **attrs: str) -> str:
@@ -109,10 +122,22 @@ class Api:
         resp = self.stub.ListMessages(req, metadata=self.stack.metadata(user), timeout=10, wait_for_ready=True)
         return {m.id for m in resp.messages}
 
-    def contacts(self, user: str) -> set[str]:
+    def contacts(self, user: str, assignee: str | None = None) -> set[str]:
+        """The contact numbers `user` may list; with `assignee`, only those of conversations assigned to them."""
         req = sms_pb2.ListConversationsRequest(page_size=100)
         resp = self.stub.ListConversations(req, metadata=self.stack.metadata(user), timeout=10)
-        return {c.contact_number for c in resp.conversations}
+        return {c.contact_number for c in resp.conversations if assignee is None or c.owner == assignee}
+
+    def conversation_of(self, user: str, contact: str) -> types_pb2.Conversation:
+        """The conversation with `contact` that `user` may see (the newest 100 are searched)."""
+        req = sms_pb2.ListConversationsRequest(page_size=100)
+        resp = self.stub.ListConversations(req, metadata=self.stack.metadata(user), timeout=10)
+        (conv,) = [c for c in resp.conversations if c.contact_number == contact]
+        return conv
+
+    def messages(self, user: str, conversation_id: str) -> list[types_pb2.Message]:
+        req = sms_pb2.ListMessagesRequest(conversation_id=conversation_id, page_size=100)
+        return list(self.stub.ListMessages(req, metadata=self.stack.metadata(user), timeout=10).messages)
 
 
 @pytest.fixture(scope="module")
@@ -307,10 +332,8 @@ def test_an_inbound_reply_appears_within_a_second_with_a_badge_that_opening_clea
     assert row.get_attribute("data-unread") == "0"
 
 
-def test_a_message_from_a_new_number_starts_a_conversation_for_the_default_owner(
-    stack: DevStack, pages: Pages, api: Api
-) -> None:
-    """The stack leaves SMS_DEFAULT_OWNER at its default, admin: a stranger's text lands in admin's inbox."""
+def test_a_message_from_a_new_number_starts_an_unassigned_conversation(stack: DevStack, pages: Pages, api: Api) -> None:
+    """A stranger's text is nobody's yet: admins see it in All, agents in their Unassigned view, not in Mine."""
     admin = pages.open_as("admin")
     alice = pages.open_as("alice")
     stranger = new_contact()
@@ -329,11 +352,16 @@ def test_a_message_from_a_new_number_starts_a_conversation_for_the_default_owner
     admin.locator(sel("conversation-item", contact=stranger, unread="0")).wait_for()
     assert row.get_by_test_id("unread-badge").count() == 0
 
-    # Alice, connected all along, never saw it (her later events prove her stream got past it).
+    # Alice, connected all along, never saw it in Mine (her later events prove her stream got past it)…
     mine = new_contact()
     api.send("alice", mine, "Your parcel was delivered today.")  # an ordering barrier
     item(alice, mine).wait_for()
     assert stranger not in probe(alice)["contacts"]
+    # …but it waits in her Unassigned view, where hers is not.
+    alice.get_by_test_id("view-unassigned").click()
+    item(alice, stranger).wait_for()
+    item(alice, mine).wait_for(state="detached")
+    assert api.conversation("admin", row.get_attribute("data-conversation-id") or "").owner == ""
 
 
 # 3. Isolation ---------------------------------------------------------------------------------------------
@@ -364,9 +392,9 @@ def test_agents_never_see_each_others_conversations(stack: DevStack, pages: Page
     alice_saw, bob_saw = set(probe(alice)["contacts"]), set(probe(bob)["contacts"])
     assert not alice_saw & {b1, b2, b3}, f"alice saw bob's conversations: {alice_saw & {b1, b2, b3}}"
     assert not bob_saw & {a1, a2, a3}, f"bob saw alice's conversations: {bob_saw & {a1, a2, a3}}"
-    # What each list shows is exactly what the server lists for that user.
-    assert alice_saw == api.contacts("alice")
-    assert bob_saw == api.contacts("bob")
+    # What each Mine view shows is exactly what the server lists as that user's own.
+    assert alice_saw == api.contacts("alice", assignee="alice")
+    assert bob_saw == api.contacts("bob", assignee="bob")
 
     # A link to the other agent's conversation shows nothing of it.
     alice.evaluate("id => { location.hash = '#/c/' + id }", b1_msg.conversation_id)
@@ -563,8 +591,8 @@ def test_bidi_overrides_in_user_text_cannot_reorder_the_ui_around_it(stack: DevS
     for body in bodies:
         bubble(page, body.split(HOSTILE)[0]).wait_for()
 
-    # Every body, preview and id sits alone in an element that isolates it.
-    values = [*bodies, contact_id, contact]
+    # Every body, preview and id sits alone in an element that isolates it (the number in its national format).
+    values = [*bodies, contact_id, national(contact)]
     shapes = dict(zip(values, page.evaluate(ISOLATION_SCRIPT, values), strict=True))
     for value, found in shapes.items():
         assert found and set(found) <= ISOLATED, f"{value!r} is shown in {found or 'no element of its own'}"
@@ -593,7 +621,195 @@ def test_bidi_overrides_in_user_text_cannot_reorder_the_ui_around_it(stack: DevS
     assert reads_left_to_right(toast, label.group()), f"{label.group()!r} was reordered in {toast.inner_text()!r}"
 
 
-# 7. Server restart (last: it disturbs the stack) ----------------------------------------------------------
+# 7. The agent's day: assignment, names, labels, search, notes ----------------------------------------------
+def count_of(page: Any, view: str) -> int:
+    value = page.get_by_test_id(f"view-{view}").get_attribute("data-count")
+    return int(value) if value else -1
+
+
+def assign_from_menu(page: Any, user: str) -> None:
+    """Opens the open thread's Assign menu and assigns (hands) the conversation to `user`."""
+    page.get_by_test_id("assign-button").click()
+    page.get_by_test_id("assign-input").fill(user)
+    page.get_by_test_id("assign-submit").click()
+
+
+def test_assignment_moves_a_conversation_between_inboxes_live_and_a_rename_reaches_the_admin(
+    stack: DevStack, pages: Pages, api: Api
+) -> None:
+    contact = new_contact()
+    inject_inbound(stack, contact, "Hi, I need to change my booking")
+    admin, alice, bob = pages.open_as("admin"), pages.open_as("alice"), pages.open_as("bob")
+    # Alice watches the unassigned queue; bob his own conversations (Mine, an agent's first view).
+    alice.get_by_test_id("view-unassigned").click()
+    item(alice, contact).wait_for()
+    assert bob.get_by_test_id("view-mine").get_attribute("aria-selected") == "true"
+    wait_js(bob, "() => document.querySelector('[data-testid=view-mine]').dataset.count !== ''")
+    bob_mine_before = count_of(bob, "mine")
+    assert item(bob, contact).count() == 0
+    assert count_of(alice, "unassigned") >= 1
+
+    # The admin assigns it to bob from the thread's Assign menu…
+    item(admin, contact).click()
+    admin.locator(sel("thread-assignee", assignee="")).wait_for()
+    assign_from_menu(admin, "bob")
+    admin.locator(sel("thread-assignee", assignee="bob")).wait_for()
+    # …it appears in bob's inbox and leaves alice's unassigned view, live; bob's Mine count follows.
+    item(bob, contact).wait_for()
+    item(alice, contact).wait_for(state="detached")
+    wait_js(
+        bob, "n => Number(document.querySelector('[data-testid=view-mine]').dataset.count) === n + 1", bob_mine_before
+    )
+
+    # Bob hands it to alice: it leaves his inbox and joins hers.
+    alice.get_by_test_id("view-mine").click()
+    item(bob, contact).click()
+    bob.locator(sel("thread-assignee", assignee="bob")).wait_for()
+    assign_from_menu(bob, "alice")
+    item(bob, contact).wait_for(state="detached")
+    item(alice, contact).wait_for()
+
+    # Alice names the contact in place; the admin's list shows the name live, instead of the number.
+    admin_row = item(admin, contact)
+    assert admin_row.get_by_test_id("conversation-contact").inner_text() == national(contact)
+    item(alice, contact).click()
+    alice.locator(sel("thread-assignee", assignee="alice")).wait_for()
+    alice.get_by_test_id("edit-name").click()
+    alice.get_by_test_id("contact-name-input").fill("Dana Whitfield")
+    alice.get_by_test_id("contact-name-input").press("Enter")
+    alice.get_by_test_id("thread-contact").filter(has_text="Dana Whitfield").wait_for()
+    admin_row.get_by_test_id("conversation-contact").filter(has_text="Dana Whitfield").wait_for()
+    admin.get_by_test_id("thread-contact").filter(has_text="Dana Whitfield").wait_for()  # the admin's open thread
+    assert admin.get_by_test_id("thread-number").inner_text() == contact
+
+    for page in (admin, alice, bob):
+        assert pages.loads[id(page)] == 1, "a page was reloaded"
+    conv = api.conversation("admin", admin_row.get_attribute("data-conversation-id") or "")
+    assert conv.owner == "alice" and conv.contact_name == "Dana Whitfield"
+    moves = [(a.actor, a.from_assignee, a.to_assignee) for a in conv.assignment_history]
+    assert moves[-2:] == [("admin", "", "bob"), ("bob", "bob", "alice")], moves
+
+
+def test_search_finds_a_message_from_an_earlier_page_and_opens_the_thread_at_it(
+    stack: DevStack, pages: Pages, api: Api
+) -> None:
+    contact = new_contact()
+    needle = api.send("alice", contact, "Your warranty code is ZEBRA-4471, keep it safe.")
+    for i in range(35):  # more than a page (30) after it
+        api.send("alice", contact, f"Update {i}: your parcel is on its way.")
+    page = pages.open_as("alice")
+    item(page, contact).wait_for()
+
+    search = page.get_by_test_id("search-input")
+    search.fill("zebra-4471")
+    hit = page.locator(sel("search-hit", message_id=needle.id))
+    hit.wait_for()
+    assert "ZEBRA-4471" in hit.get_by_test_id("search-hit-body").inner_text()
+    assert hit.get_by_test_id("search-hit-contact").inner_text() == national(contact)
+    hit.click()
+
+    # The thread opens and loads older pages until the hit shows, marked and in view.
+    page.locator(sel("thread", conversation_id=needle.conversation_id)).wait_for()
+    shown = page.locator(sel("message-bubble", message_id=needle.id, highlighted="true"))
+    shown.wait_for()
+    assert page.locator(sel("message-bubble")).count() > 30
+    wait_js(
+        page,
+        """id => {
+            const b = document.querySelector(`[data-message-id="${id}"]`).getBoundingClientRect();
+            const s = document.querySelector('.thread-scroll').getBoundingClientRect();
+            return b.top >= s.top && b.bottom <= s.bottom;
+        }""",
+        needle.id,
+    )
+    assert page.evaluate("() => location.hash") == f"#/c/{needle.conversation_id}/m/{needle.id}"
+
+    # The same box finds conversations: by the number, typed any way.
+    search.fill(f"415 555 {contact[-4:]}")
+    page.locator(f"{sel('conversation-list')} {sel('conversation-item', contact=contact)}").wait_for()
+    wait_js(page, "() => document.querySelectorAll('[data-testid=conversation-item]').length === 1")
+    search.fill("")
+    search.press("Enter")
+    wait_js(page, "() => document.querySelectorAll('[data-testid=conversation-item]').length > 1")
+
+
+def test_a_note_is_kept_in_the_thread_and_never_reaches_the_contact(stack: DevStack, pages: Pages, api: Api) -> None:
+    contact = new_contact()
+    sent = api.send("alice", contact, "Your booking is confirmed for Friday.")
+    page = pages.open_as("alice")
+    item(page, contact).click()
+    bubble(page, "confirmed for Friday").wait_for()
+
+    note = "Customer prefers calls after 5pm"
+    page.get_by_test_id("note-toggle").click()
+    assert page.get_by_test_id("note-toggle").get_attribute("aria-pressed") == "true"
+    composer = page.get_by_test_id("composer-input")
+    composer.fill(note)
+    composer.press("Enter")
+    shown = page.locator(sel("message-bubble", direction="note")).filter(has_text=note)
+    shown.wait_for()
+    assert shown.get_by_test_id("note-author").inner_text() == "alice"
+    assert shown.get_by_test_id("status-tick").count() == 0
+    wait_js(page, "() => document.querySelector('[data-testid=composer-input]').value === ''")
+
+    # Stored in the thread as a note…
+    stored = [m for m in api.messages("alice", sent.conversation_id) if m.body == note]
+    assert [m.direction for m in stored] == [types_pb2.DIRECTION_NOTE]
+    # …and never sent: a message sent after it reaches the simulator, the note does not.
+    page.get_by_test_id("note-toggle").click()
+    composer.fill("See you Friday!")
+    composer.press("Enter")
+    bubble(page, "See you Friday!").wait_for()
+    eventually(lambda: len(sim_messages(stack, to=contact)) == 2, 10, "the message after the note to reach Twilio")
+    bodies = [m["body"] for m in sim_messages(stack, to=contact)]
+    assert note not in bodies, bodies
+    assert not [c for c in sim_creates(stack) if note in str(c)]
+
+
+def test_numbers_show_in_national_format_and_labels_filter_the_list(stack: DevStack, pages: Pages, api: Api) -> None:
+    contact = new_contact()
+    sent = api.send("alice", contact, "Your table is ready.")
+    london = "+442079460123"  # Ofcom's drama range: a London number, shown as the UK writes it
+    inject_inbound(stack, london, "Hello from London")
+    alice, admin = pages.open_as("alice"), pages.open_as("admin")
+
+    row = item(alice, contact)
+    assert row.get_by_test_id("conversation-contact").inner_text() == national(contact)
+    assert row.get_by_test_id("conversation-contact").get_attribute("title") == contact
+    assert item(admin, london).get_by_test_id("conversation-contact").inner_text() == "020 7946 0123"
+    row.click()
+    assert alice.get_by_test_id("thread-contact").inner_text() == national(contact)
+
+    # A label added in the thread shows as a chip there and in the row; the label filter keeps only its rows.
+    alice.get_by_test_id("label-add").click()
+    alice.get_by_test_id("label-input").fill("vip")
+    alice.get_by_test_id("label-input").press("Enter")
+    alice.locator(sel("thread-label", label="vip")).wait_for()
+    row.locator(sel("conversation-label", label="vip")).wait_for()
+    eventually(lambda: list(api.conversation("alice", sent.conversation_id).labels) == ["vip"], 5, "the label stored")
+    alice.get_by_test_id("filter-label").fill("vip")
+    alice.get_by_test_id("filter-label").press("Enter")
+    wait_js(
+        alice,
+        "c => [...document.querySelectorAll('[data-testid=conversation-item]')].map((e) => e.dataset.contact) == c",
+        contact,
+    )
+    alice.get_by_test_id("filter-label").fill("")
+    alice.get_by_test_id("filter-label").press("Enter")
+
+    # Unread: the filter and the page title's count.
+    alice.get_by_test_id("back-button").evaluate("el => el.click()")
+    alice.get_by_test_id("filter-unread").click()
+    inject_inbound(stack, contact, "Running 10 minutes late")
+    alice.locator(sel("conversation-item", contact=contact, unread="1")).wait_for()
+    wait_js(alice, "() => /^\\(\\d+\\) SMS Inbox$/.test(document.title)")
+    assert all(
+        int(n) > 0
+        for n in alice.eval_on_selector_all(sel("conversation-item"), "els => els.map(e => e.dataset.unread)")
+    )
+
+
+# 8. Server restart (last: it disturbs the stack) ----------------------------------------------------------
 def test_the_live_view_survives_a_server_restart_without_losing_messages(
     stack: DevStack, pages: Pages, api: Api
 ) -> None:

@@ -217,7 +217,11 @@ async def test_page_size_rules(sms: sms_pb2_grpc.SmsServiceStub) -> None:
     )
     for _ in range(3):
         await send(sms, user, unique_number())
-    big = await sms.ListConversations(sms_pb2.ListConversationsRequest(page_size=100_000), metadata=auth(user))
+    # The agent's own (their list also holds the unassigned conversations other tests leave).
+    mine = f'assignee = "{user}"'
+    big = await sms.ListConversations(
+        sms_pb2.ListConversationsRequest(page_size=100_000, filter=mine), metadata=auth(user)
+    )
     assert len(big.conversations) == 3 and big.next_page_token == ""
 
 
@@ -233,7 +237,8 @@ async def test_list_conversations_newest_first_with_fields(
     token = ""
     while True:
         page = await sms.ListConversations(
-            sms_pb2.ListConversationsRequest(page_size=2, page_token=token), metadata=auth(user)
+            sms_pb2.ListConversationsRequest(page_size=2, page_token=token, filter=f'assignee = "{user}"'),
+            metadata=auth(user),
         )
         seen.append(page)
         token = page.next_page_token
@@ -322,7 +327,8 @@ async def test_agents_cannot_see_each_other(sms: sms_pb2_grpc.SmsServiceStub) ->
     await send(sms, bob, unique_number(), "bob's")
     bob_md = auth(bob)
     listed = await sms.ListConversations(sms_pb2.ListConversationsRequest(page_size=500), metadata=bob_md)
-    assert all(c.owner == bob for c in listed.conversations)
+    # Bob's own, and the unassigned ones agents see by default (SMS_UNASSIGNED_VISIBLE_TO_AGENTS); never alice's.
+    assert all(c.owner in (bob, "") for c in listed.conversations)
     assert mine.conversation_id not in {c.id for c in listed.conversations}
     cid = mine.conversation_id
     for call in (

@@ -369,6 +369,53 @@ class Fuzz:
             lambda: self.rpc("SyncFromTwilio", self.sms.SyncFromTwilio(sync, metadata=md)),
         ]
 
+    def workflow(self) -> list[Call]:
+        """The agent's-day calls: filters and queries, search, updates, assignment, notes, the summary."""
+        h = self.h
+        md = self.caller()
+        conversation = self.known_or_hostile(self.seen.conversations)
+        size = h.rng.choice([0, 1, 50, 501, -1])
+        token = h.page_token() if h.chance(0.5) else ""
+        filters = ["unread", "unassigned", "NOT opted_out", 'label = "vip"', 'assignee = "bob"', 'contact_id = "c"']
+        listing = sms_pb2.ListConversationsRequest(
+            page_size=size,
+            page_token=token,
+            filter=h.pick(filters) if h.chance(0.5) else h.maybe(lambda: "unread", limits.FILTER_BYTES, 0.2),
+            query=h.maybe(lambda: h.chars(6, ALPHABETS[:2]), limits.QUERY_BYTES),
+        )
+        search = sms_pb2.SearchMessagesRequest(
+            query=h.maybe(lambda: "hello", limits.QUERY_BYTES), page_size=size, page_token=token
+        )
+        update = sms_pb2.UpdateConversationRequest(
+            conversation=types_pb2.Conversation(
+                id=conversation,
+                contact_name=h.maybe(lambda: h.chars(10), limits.CONTACT_NAME_BYTES),
+                labels=[h.maybe(lambda: "vip", limits.LABEL_BYTES) for _ in range(h.rng.choice([0, 1, 3, 21]))],
+                contact_id=h.maybe(lambda: "crm-1", limits.CONTACT_ID_BYTES),
+            )
+        )
+        update.update_mask.paths.extend(
+            h.rng.sample(["contact_name", "labels", "contact_id", "owner", "*", h.text(80)], h.rng.choice([0, 1, 2, 3]))
+        )
+        assign = sms_pb2.AssignConversationRequest(
+            conversation_id=conversation, assignee=h.maybe(unique_user, limits.USER_ID_BYTES, 0.7)
+        )
+        note = sms_pb2.AddNoteRequest(
+            conversation_id=conversation,
+            body=h.maybe(h.body, limits.NOTE_BODY_BYTES),
+            request_id=h.maybe(lambda: uuid.uuid4().hex, limits.REQUEST_ID_BYTES),
+        )
+        return [
+            lambda: self.rpc("ListConversations", self.sms.ListConversations(fit(listing), metadata=md)),
+            lambda: self.rpc("SearchMessages", self.sms.SearchMessages(fit(search), metadata=md)),
+            lambda: self.rpc("UpdateConversation", self.sms.UpdateConversation(fit(update), metadata=md)),
+            lambda: self.rpc("AssignConversation", self.sms.AssignConversation(fit(assign), metadata=md)),
+            lambda: self.rpc("AddNote", self.sms.AddNote(fit(note), metadata=md)),
+            lambda: self.rpc(
+                "GetInboxSummary", self.sms.GetInboxSummary(sms_pb2.GetInboxSummaryRequest(), metadata=md)
+            ),
+        ]
+
     def record_inbound(self) -> Call:
         h = self.h
         well_formed = h.chance(0.5)
@@ -540,6 +587,7 @@ class Fuzz:
         calls += self.reads()
         calls.append(self.subscribe())
         calls += self.admin()
+        calls += self.workflow()
         for _ in range(2):
             calls.append(self.record_inbound())
         calls.append(self.record_status())

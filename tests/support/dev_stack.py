@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -158,3 +159,17 @@ def inject_inbound(stack: DevStack, sender: str, body: str, timeout: float = 30.
 def patch_rules(stack: DevStack, rules: dict[str, Any]) -> None:
     """Merges the top-level keys of `rules` into the simulator's rules in force."""
     sim_request(stack, "PATCH", "/_sim/rules", rules)
+
+
+def sim_messages(stack: DevStack, **query: str) -> list[dict[str, Any]]:
+    """Every message the simulator was asked to send or had injected (GET /_sim/messages), oldest first; `query`
+    narrows it: direction (inbound | outbound-api), to, from, sid."""
+    qs = urllib.parse.urlencode(query)
+    found: list[dict[str, Any]] = sim_request(stack, "GET", f"/_sim/messages{'?' + qs if qs else ''}")["messages"]
+    return found
+
+
+def sim_creates(stack: DevStack) -> list[dict[str, Any]]:
+    """Every create request that reached the simulator's Messages API (GET /_sim/creates), with its params."""
+    found: list[dict[str, Any]] = sim_request(stack, "GET", "/_sim/creates")["creates"]
+    return found

@@ -10,7 +10,9 @@ import type { Conversation, Event } from "./gen/sms/v1/types_pb.js";
 import type { Inbox } from "./inbox.js";
 import { LiveConnection } from "./live.js";
 import { NewMessageForm } from "./new-message.js";
+import { DesktopNotifier } from "./notifications.js";
 import { parseRoute, type Route } from "./route.js";
+import { InboxSummary } from "./summary.js";
 import { ThreadView } from "./thread.js";
 import { Topbar } from "./topbar.js";
 import { LatestById, newerConversation } from "./versions.js";
@@ -25,6 +27,8 @@ export class InboxApp implements Inbox {
   private readonly live: LiveConnection;
   private readonly indicator = new ConnectionIndicator();
   private readonly toast = new ErrorToast();
+  private readonly notifier = new DesktopNotifier();
+  private readonly summary: InboxSummary;
   private readonly topbar: Topbar;
   /** The pane beside the list: a thread, the new-message form, the dashboard, or a hint. */
   private readonly main: HTMLElement;
@@ -41,9 +45,14 @@ export class InboxApp implements Inbox {
   ) {
     this.client = makeClient(() => this.token);
     this.isAdmin = claims.role === "admin";
-    this.topbar = new Topbar(claims, this.isAdmin, this.indicator.el, () => this.signOut());
+    this.topbar = new Topbar(claims, this.isAdmin, this.indicator.el, this.notifier.el, () => this.signOut());
     this.main = h("main", { class: "main" });
     this.list = new ConversationList(this);
+    this.summary = new InboxSummary(
+      this.client,
+      (counts) => this.list.showCounts(counts),
+      (e) => this.reportError(e, "Inbox counts"),
+    );
     this.thread = new ThreadView(this, this.main);
     this.newMessage = new NewMessageForm(this, this.main);
     this.dashboard = this.isAdmin ? new QueueDashboard(this.client, (e) => this.reportError(e, "Queue stats")) : null;
@@ -62,6 +71,7 @@ export class InboxApp implements Inbox {
       onConnected: (resumed) => {
         if (!resumed) this.refreshHeads();
         this.dashboard?.bump();
+        this.summary.bump();
       },
       onState: (state, detail) => this.indicator.show(state, detail),
       onUnauthenticated: (err) => this.signOut(errorLine(err, "Signed out")),
@@ -90,6 +100,7 @@ export class InboxApp implements Inbox {
 
   destroy(): void {
     this.live.stop();
+    this.summary.destroy();
     this.list.destroy();
     this.thread.close();
     this.dashboard?.destroy();
@@ -154,7 +165,7 @@ export class InboxApp implements Inbox {
         }
         break;
       case "conv":
-        this.thread.open(route.id);
+        this.thread.open(route.id, route.messageId);
         break;
     }
     this.list.select(route.kind === "conv" ? route.id : "");
@@ -164,13 +175,19 @@ export class InboxApp implements Inbox {
 
   private applyEvent(ev: Event): void {
     const p = ev.payload;
-    if (p.case === "message") this.thread.showMessage(p.value);
-    else if (p.case === "conversation") this.upsertConversation(p.value);
+    if (p.case === "message") {
+      this.thread.showMessage(p.value);
+      this.notifier.notify(p.value, this.conversations.get(p.value.conversationId));
+    } else if (p.case === "conversation") {
+      this.upsertConversation(p.value);
+      this.summary.bump();
+    }
     this.dashboard?.bump();
   }
 
   /** Missed events that cannot be replayed: re-list the conversations and the open thread. */
   private resync(): void {
+    this.summary.bump();
     this.list.reload();
     this.thread.reload();
     this.dashboard?.bump();

@@ -1,5 +1,7 @@
-// The thread's composer: a text box and Send. One composer serves every thread in turn, so that a conversation's
-// draft, its unsent payload's request id and a send in flight survive switching to another thread and back.
+// The thread's composer: a text box, a "Note" toggle and Send. With Note on, what is written is an internal note
+// (AddNote): kept in the thread, never texted to the contact, allowed while they are opted out. One composer serves
+// every thread in turn, so that a conversation's draft, note mode, its unsent payload's request id and a send in
+// flight survive switching to another thread and back.
 import { Code } from "@connectrpc/connect";
 import { errorCode } from "./api.js";
 import { h, icon, submitOnEnter } from "./dom.js";
@@ -18,13 +20,17 @@ export interface ComposerHooks {
 
 interface Attached {
   conversationId: string;
+  form: HTMLFormElement;
   input: HTMLTextAreaElement;
   send: HTMLButtonElement;
+  sendLabel: HTMLElement;
+  noteToggle: HTMLButtonElement;
   counter: HTMLElement;
   hooks: ComposerHooks;
 }
 
 const PLACEHOLDER = "Write a message…";
+const NOTE_PLACEHOLDER = "Write an internal note (not sent to the contact)…";
 const MAX_HEIGHT_PX = 160;
 /** The counter appears only once a message gets long enough for its length to matter. */
 const COUNT_FROM_CHARS = 120;
@@ -33,6 +39,8 @@ export class Composer {
   private readonly drafts = new Map<string, string>();
   private readonly requestIds = new RequestIds();
   private readonly inFlight = new Set<string>();
+  /** Conversations whose composer is in note mode. */
+  private readonly noteMode = new Set<string>();
   private open: Attached | null = null;
 
   constructor(private readonly inbox: Inbox) {}
@@ -50,27 +58,48 @@ export class Composer {
       maxlength: MAX_BODY_CHARS,
     });
     input.value = this.drafts.get(conversationId) ?? "";
+    const sendLabel = h("span", { class: "send-label" }, "Send");
     const send = h(
       "button",
       { class: "btn btn-primary send", type: "submit", "data-testid": "send-button", "aria-label": "Send" },
       icon(ICONS.send),
-      h("span", { class: "send-label" }, "Send"),
+      sendLabel,
     );
     const counter = h("span", { class: "counter" });
-    const attached: Attached = { conversationId, input, send, counter, hooks };
+    const noteToggle = h(
+      "button",
+      {
+        class: "btn btn-ghost note-toggle",
+        type: "button",
+        "data-testid": "note-toggle",
+        "aria-pressed": "false",
+        title: "Write an internal note instead of a message",
+      },
+      icon(ICONS.note),
+      h("span", { class: "note-toggle-label" }, "Note"),
+    );
+    const form = h(
+      "form",
+      { class: "composer", onsubmit: (e: SubmitEvent) => (e.preventDefault(), void this.submit()) },
+      noteToggle,
+      input,
+      counter,
+      send,
+    );
+    const attached: Attached = { conversationId, form, input, send, sendLabel, noteToggle, counter, hooks };
+    noteToggle.addEventListener("click", () => {
+      if (this.noteMode.has(conversationId)) this.noteMode.delete(conversationId);
+      else this.noteMode.add(conversationId);
+      this.update();
+      input.focus();
+    });
     input.addEventListener("input", () => {
       this.drafts.set(conversationId, input.value);
       this.autosize(attached);
     });
     submitOnEnter(input, () => void this.submit());
     this.open = attached;
-    return h(
-      "form",
-      { class: "composer", onsubmit: (e: SubmitEvent) => (e.preventDefault(), void this.submit()) },
-      input,
-      counter,
-      send,
-    );
+    return form;
   }
 
   /** Keeps the draft and lets the form go: its thread is closing. */
@@ -90,13 +119,23 @@ export class Composer {
     if (window.matchMedia("(min-width: 721px)").matches) attached.input.focus({ preventScroll: true });
   }
 
-  /** The conversation changed: an opt-out disables the box. */
+  /** The conversation changed (an opt-out disables the box, except for notes), or the note mode did. */
   update(): void {
     const attached = this.open;
     if (!attached) return;
+    const note = this.noteMode.has(attached.conversationId);
     const opted = !!this.inbox.conversations.get(attached.conversationId)?.optedOut;
-    attached.input.disabled = opted;
-    attached.input.placeholder = opted ? "Sending is disabled: the contact opted out." : PLACEHOLDER;
+    attached.form.classList.toggle("note-mode", note);
+    attached.form.dataset.mode = note ? "note" : "message";
+    attached.noteToggle.setAttribute("aria-pressed", String(note));
+    attached.sendLabel.textContent = note ? "Add note" : "Send";
+    attached.send.setAttribute("aria-label", note ? "Add note" : "Send");
+    attached.input.disabled = opted && !note;
+    attached.input.placeholder = note
+      ? NOTE_PLACEHOLDER
+      : opted
+        ? "Sending is disabled: the contact opted out."
+        : PLACEHOLDER;
     this.refreshSend();
   }
 
@@ -114,7 +153,8 @@ export class Composer {
     if (!attached) return;
     const c = this.inbox.conversations.get(attached.conversationId);
     const sending = this.inFlight.has(attached.conversationId);
-    attached.send.disabled = !c || c.optedOut || sending || !attached.input.value.trim();
+    const note = this.noteMode.has(attached.conversationId);
+    attached.send.disabled = !c || (c.optedOut && !note) || sending || !attached.input.value.trim();
     attached.send.classList.toggle("busy", sending);
     attached.hooks.sending(sending);
   }
@@ -125,13 +165,18 @@ export class Composer {
     const id = attached.conversationId;
     const c = this.inbox.conversations.get(id);
     const body = attached.input.value.trim();
-    if (!c || !body || c.optedOut || this.inFlight.has(id)) return;
-    const request = this.requestIds.withId(id, { to: c.contactNumber, body, contactId: c.contactId });
+    const note = this.noteMode.has(id);
+    if (!c || !body || (c.optedOut && !note) || this.inFlight.has(id)) return;
+    // A note's request id has a slot of its own: the same text as a message and as a note are two payloads.
+    const slot = note ? `note:${id}` : id;
+    const request = this.requestIds.withId(slot, { to: c.contactNumber, body, contactId: c.contactId });
     this.inFlight.add(id);
     this.refreshSend();
     try {
-      const res = await this.inbox.client.send(request);
-      this.requestIds.done(id);
+      const res = note
+        ? await this.inbox.client.addNote({ conversationId: id, body, requestId: request.requestId })
+        : await this.inbox.client.send(request);
+      this.requestIds.done(slot);
       if (this.drafts.get(id)?.trim() === body) this.drafts.set(id, "");
       // Only while that form is still the one shown, and still holds what was sent (not something typed since).
       if (this.open === attached && attached.input.value.trim() === body) {
@@ -142,7 +187,7 @@ export class Composer {
       // The live CONVERSATION_UPDATED event does this too; one read keeps the row right while offline.
       void this.inbox.fetchConversation(id);
     } catch (err) {
-      this.inbox.reportError(err, "Message not sent");
+      this.inbox.reportError(err, note ? "Note not added" : "Message not sent");
       if (errorCode(err) === Code.FailedPrecondition) void this.inbox.fetchConversation(id);
     } finally {
       this.inFlight.delete(id);

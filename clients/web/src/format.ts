@@ -1,5 +1,6 @@
 // Display helpers: times, statuses, numbers.
 import { timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { parsePhoneNumberFromString } from "libphonenumber-js";
 import { MessageStatus } from "./gen/sms/v1/types_pb.js";
 
 export function tsMillis(ts: Timestamp | undefined): number {
@@ -105,4 +106,23 @@ export function humanAge(seconds: number): string {
 
 export function int(n: bigint | number): string {
   return Number(n).toLocaleString();
+}
+
+/**
+ * A contact number as people of its own region write it: +14155550123 → (415) 555-0123, +442071838750 →
+ * 020 7183 8750 (libphonenumber's national format for the number's country). What cannot be parsed is shown as is.
+ */
+export function nationalNumber(e164: string): string {
+  if (!e164) return "";
+  try {
+    const parsed = parsePhoneNumberFromString(e164);
+    return parsed?.country ? parsed.formatNational() : e164;
+  } catch {
+    return e164;
+  }
+}
+
+/** What the UI calls a conversation's contact: their name when one is set, else their number, national format. */
+export function contactDisplay(c: { contactName: string; contactNumber: string }): string {
+  return c.contactName.trim() || nationalNumber(c.contactNumber);
 }

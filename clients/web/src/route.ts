@@ -1,17 +1,32 @@
-// The hash routes: `#/` the list, `#/c/<id>` a thread, `#/new` the new-message form, `#/queue` the admin dashboard.
+// The hash routes: `#/` the list, `#/c/<id>` a thread, `#/c/<id>/m/<message id>` a thread showing one message (a
+// search hit), `#/new` the new-message form, `#/queue` the admin dashboard.
 
-export type Route = { kind: "inbox" } | { kind: "conv"; id: string } | { kind: "new" } | { kind: "queue" };
+export type Route =
+  | { kind: "inbox" }
+  | { kind: "conv"; id: string; messageId: string }
+  | { kind: "new" }
+  | { kind: "queue" };
 
 export function parseRoute(hash: string): Route {
   const path = hash.replace(/^#\/?/, "");
-  if (path.startsWith("c/") && path.length > 2) return { kind: "conv", id: decodeURIComponent(path.slice(2)) };
+  if (path.startsWith("c/") && path.length > 2) {
+    const [id, m, messageId] = path.slice(2).split("/");
+    if (id) {
+      return {
+        kind: "conv",
+        id: decodeURIComponent(id),
+        messageId: m === "m" && messageId ? decodeURIComponent(messageId) : "",
+      };
+    }
+  }
   if (path === "new") return { kind: "new" };
   if (path === "queue") return { kind: "queue" };
   return { kind: "inbox" };
 }
 
-export function conversationHash(id: string): string {
-  return `#/c/${encodeURIComponent(id)}`;
+export function conversationHash(id: string, messageId = ""): string {
+  const base = `#/c/${encodeURIComponent(id)}`;
+  return messageId ? `${base}/m/${encodeURIComponent(messageId)}` : base;
 }
 
 /** Navigates within the page; the app's hashchange listener shows the route. */

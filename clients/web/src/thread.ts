@@ -1,13 +1,16 @@
-// The open conversation: header, opt-out banner, its messages (older pages load when scrolling up; the app feeds
-// it live ones) and the composer. Opening a conversation marks it read.
+// The open conversation: header (name and labels editable in place, the Assign menu), opt-out banner, its messages
+// and notes (older pages load when scrolling up; the app feeds it live ones) and the composer. Opening a
+// conversation marks it read; opening it at a message (a search hit) loads older pages until that message shows.
+import { AssignMenu } from "./assign-menu.js";
 import { Composer } from "./composer.js";
-import { KeyedElements, h, icon, sentinelInView, syncChildren, watchSentinel } from "./dom.js";
+import { LabelEditor, NameEditor } from "./conversation-editor.js";
+import { KeyedElements, h, icon, sentinelInView, syncChildren, userText, watchSentinel } from "./dom.js";
 import { dayKey, dayLabel, tsMillis } from "./format.js";
 import type { Message } from "./gen/sms/v1/types_pb.js";
 import { showsOwner, type Inbox } from "./inbox.js";
 import { Pager } from "./pager.js";
 import { LatestById, newerMessage } from "./versions.js";
-import { ICONS, backButton, contactLabel, labelled, messageBubble } from "./views.js";
+import { ICONS, backButton, labelled, messageBubble } from "./views.js";
 
 const PAGE_SIZE = 30;
 
@@ -26,12 +29,18 @@ interface Thread {
   readonly days: KeyedElements;
   readonly root: HTMLElement;
   readonly head: HTMLElement;
+  readonly sub: HTMLElement;
   readonly banner: HTMLElement;
   readonly scroller: HTMLElement;
   readonly sentinel: HTMLElement;
   readonly olderStatus: HTMLElement;
   readonly list: HTMLElement;
   readonly observer: IntersectionObserver;
+  readonly name: NameEditor;
+  readonly labels: LabelEditor;
+  readonly assign: AssignMenu;
+  /** The message to show and mark (a search hit), "" for none. */
+  highlight: string;
 }
 
 function oldestFirst(a: Message, b: Message): number {
@@ -51,8 +60,12 @@ export class ThreadView {
     this.composer = new Composer(inbox);
   }
 
-  open(id: string): void {
-    if (this.thread?.id === id && this.pane.contains(this.thread.root)) return;
+  /** Shows conversation `id`; with `messageId`, scrolled to that message, marked. */
+  open(id: string, messageId = ""): void {
+    if (this.thread?.id === id && this.pane.contains(this.thread.root)) {
+      if (messageId && messageId !== this.thread.highlight) void this.reveal(this.thread, messageId);
+      return;
+    }
     this.close();
     const t = this.build(id);
     this.thread = t;
@@ -63,6 +76,21 @@ export class ThreadView {
     void this.loadOlder(t);
     if (!this.inbox.conversations.has(id)) void this.inbox.fetchConversation(id);
     void this.markRead(id, true);
+    if (messageId) void this.reveal(t, messageId);
+  }
+
+  /** Loads older pages until message `messageId` is shown (or the thread's beginning), then scrolls to it, marked. */
+  private async reveal(t: Thread, messageId: string): Promise<void> {
+    t.highlight = messageId;
+    t.root.dataset.highlight = messageId;
+    while (this.thread === t && t.highlight === messageId && !t.messages.has(messageId) && !t.pager.finished) {
+      if (t.pager.loading) await new Promise((resolve) => window.setTimeout(resolve, 50));
+      else await this.loadOlder(t);
+    }
+    if (this.thread !== t || t.highlight !== messageId) return;
+    this.renderMessages(t, "keep");
+    const el = t.list.querySelector<HTMLElement>(`[data-message-id="${CSS.escape(messageId)}"]`);
+    el?.scrollIntoView({ block: "center" });
   }
 
   /** Lets the open thread go (its draft is kept); the pane's next view replaces its elements. */
@@ -140,12 +168,17 @@ export class ThreadView {
       days: new KeyedElements(),
       root,
       head,
+      sub: h("div", { class: "thread-sub" }),
       banner: h("div", { class: "optout-banner", "data-testid": "optout-banner", role: "note" }),
       scroller,
       sentinel,
       olderStatus,
       list,
       observer: watchSentinel(sentinel, scroller, 150, () => void this.loadOlder(t)),
+      name: new NameEditor(this.inbox, id),
+      labels: new LabelEditor(this.inbox, id),
+      assign: new AssignMenu(this.inbox, id),
+      highlight: "",
     };
     root.append(
       this.composer.attach(id, {
@@ -166,23 +199,31 @@ export class ThreadView {
   private renderChrome(t: Thread): void {
     const c = this.inbox.conversations.get(t.id);
     t.root.dataset.contact = c?.contactNumber ?? "";
-    const contactAttrs = { class: "thread-contact", "data-testid": "thread-contact" };
-    t.head.replaceChildren(
-      backButton(),
-      h(
-        "div",
-        { class: "thread-title" },
-        c ? contactLabel(c, contactAttrs) : h("span", contactAttrs, "Loading…"),
-        c
-          ? h(
-              "div",
-              { class: "thread-sub" },
-              c.contactId ? labelled("ID ", c.contactId, { class: "chip" }) : null,
-              c.ourNumber ? labelled("via ", c.ourNumber) : null,
-              showsOwner(this.inbox, c) ? labelled("owner @", c.owner) : null,
-            )
-          : null,
-      ),
+    t.root.dataset.assignee = c?.owner ?? "";
+    t.name.update(c);
+    t.labels.update(c);
+    t.assign.update(c);
+    // The editors keep their elements (and what is typed in them); only the line of facts is rebuilt.
+    if (!t.head.firstChild) {
+      t.head.append(
+        backButton(),
+        h("div", { class: "thread-title" }, t.name.el, t.sub, t.labels.el),
+        h("div", { class: "spacer" }),
+        h("div", { class: "thread-actions" }, t.assign.chip, t.assign.el),
+      );
+    }
+    t.sub.hidden = !c;
+    t.sub.replaceChildren(
+      ...(c
+        ? [
+            c.contactName && c.contactNumber
+              ? userText("span", { "data-testid": "thread-number", class: "thread-number" }, c.contactNumber)
+              : "",
+            c.contactId ? labelled("ID ", c.contactId, { class: "chip" }) : "",
+            c.ourNumber ? labelled("via ", c.ourNumber) : "",
+            showsOwner(this.inbox, c) ? labelled("owner @", c.owner) : "",
+          ]
+        : []),
     );
     const opted = !!c?.optedOut;
     // In the DOM only while opted out, so tests can count it.
@@ -239,7 +280,8 @@ export class ThreadView {
         days.add(day);
         nodes.push(t.days.get(day, [], () => h("div", { class: "day-sep" }, h("span", null, dayLabel(m.createTime)))));
       }
-      nodes.push(t.bubbles.get(m.id, [m], () => messageBubble(m)));
+      const hit = m.id === t.highlight;
+      nodes.push(t.bubbles.get(m.id, [m, hit], () => messageBubble(m, hit)));
     }
     t.bubbles.prune();
     t.days.prune();

@@ -1,4 +1,5 @@
-// The header: brand, the admin's tabs, the connection indicator, who is signed in, and Sign out.
+// The header: brand, the admin's tabs, the connection indicator, the notifications bell, who is signed in, and
+// Sign out.
 import type { Claims } from "./api.js";
 import { h, userText } from "./dom.js";
 import { brand } from "./views.js";
@@ -7,7 +8,7 @@ export class Topbar {
   readonly el: HTMLElement;
   private readonly tabs: HTMLElement[];
 
-  constructor(claims: Claims, isAdmin: boolean, indicator: HTMLElement, onSignOut: () => void) {
+  constructor(claims: Claims, isAdmin: boolean, indicator: HTMLElement, bell: HTMLElement, onSignOut: () => void) {
     this.tabs = isAdmin
       ? [
           h("a", { href: "#/", class: "tab", "data-testid": "tab-inbox" }, "Inbox"),
@@ -21,6 +22,7 @@ export class Topbar {
       this.tabs.length ? h("nav", { class: "tabs" }, this.tabs) : null,
       h("div", { class: "spacer" }),
       indicator,
+      bell,
       h(
         "div",
         { class: "who", title: `Signed in as ${claims.sub} (${claims.role})` },

@@ -2,7 +2,7 @@
 // No state lives here. Text from outside the UI goes through userText() (see dom.ts).
 import { errorParts } from "./api.js";
 import { h, icon, userText } from "./dom.js";
-import { clockTime, fullTime, shortWhen, statusName, tickOf } from "./format.js";
+import { clockTime, contactDisplay, fullTime, shortWhen, statusName, tickOf } from "./format.js";
 import { Direction, type Conversation, type Message } from "./gen/sms/v1/types_pb.js";
 import { conversationHash } from "./route.js";
 
@@ -16,6 +16,12 @@ export const ICONS = {
   send: "M4 12l16-8-6 16-2.5-6.5z|M11.5 13.5L20 4",
   refresh: "M20 11a8 8 0 1 0-2.3 5.7|M20 4v7h-7",
   ban: "M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18|M5.6 5.6l12.8 12.8",
+  search: "M11 4a7 7 0 1 0 0 14a7 7 0 1 0 0-14|M20 20l-4-4",
+  note: "M5 4h14v11l-5 5H5z|M14 20v-5h5",
+  bell: "M6 16V11a6 6 0 0 1 12 0v5l2 2H4z|M10 20a2 2 0 0 0 4 0",
+  user: "M12 4a4 4 0 1 0 0 8a4 4 0 1 0 0-8|M4 20a8 8 0 0 1 16 0",
+  x: "M6 6l12 12|M18 6L6 18",
+  edit: "M4 20h4L19 9l-4-4L4 16z",
 };
 
 /** Short texts for common Twilio error codes, used when the server gave no error message. */
@@ -56,9 +62,19 @@ export function backButton(): HTMLElement {
   );
 }
 
-/** The contact's number, isolated (it is the contact's input); a placeholder when there is none. */
+/**
+ * The contact as the UI names them, isolated (a name or number is user input): the contact name when there is one,
+ * else the number in its region's national format; the full number in the title. A placeholder when neither.
+ */
 export function contactLabel(c: Conversation, attrs: Record<string, unknown>): HTMLElement {
-  return c.contactNumber ? userText("span", attrs, c.contactNumber) : h("span", attrs, "(no number)");
+  const shown = contactDisplay(c);
+  if (!shown) return h("span", attrs, "(no number)");
+  return userText("span", { ...attrs, title: c.contactNumber || undefined, "data-named": c.contactName.trim() ? "true" : "false" }, shown);
+}
+
+/** A conversation's labels as chips (`testid` on each), each label isolated. */
+export function labelChips(labels: readonly string[], testid: string): HTMLElement[] {
+  return labels.map((l) => userText("span", { class: "chip chip-label", "data-testid": testid, "data-label": l }, l));
 }
 
 /** A label, then a value from outside the UI in its own isolated element: `ID <contact id>`, `@<owner>`. */
@@ -82,6 +98,7 @@ export function errorLine(err: unknown, what = ""): HTMLElement {
 export function conversationItem(c: Conversation, active: boolean, showOwner: boolean): HTMLElement {
   const unread = c.unreadCount > 0;
   const mine = !!c.lastMessagePreview && c.lastMessageDirection === Direction.OUTBOUND;
+  const note = !!c.lastMessagePreview && c.lastMessageDirection === Direction.NOTE;
   const previewAttrs = { class: "conv-preview", "data-testid": "conversation-preview" };
   return h(
     "li",
@@ -94,6 +111,7 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
         "data-testid": "conversation-item",
         "data-conversation-id": c.id,
         "data-contact": c.contactNumber,
+        "data-assignee": c.owner,
         "data-unread": String(c.unreadCount),
         "aria-current": active ? "true" : undefined,
       },
@@ -107,6 +125,7 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
         "div",
         { class: "conv-bottom" },
         mine ? h("span", { class: "conv-you", "data-testid": "conversation-preview-you" }, "You:") : null,
+        note ? h("span", { class: "conv-you", "data-testid": "conversation-preview-note" }, "Note:") : null,
         c.lastMessagePreview
           ? userText("span", previewAttrs, c.lastMessagePreview)
           : h("span", previewAttrs, "No messages yet"),
@@ -118,13 +137,14 @@ export function conversationItem(c: Conversation, active: boolean, showOwner: bo
             )
           : null,
       ),
-      c.contactId || c.optedOut || showOwner
+      c.contactId || c.optedOut || showOwner || c.labels.length
         ? h(
             "div",
             { class: "conv-meta" },
             c.contactId ? labelled("ID ", c.contactId, { class: "chip", "data-testid": "conversation-contact-id" }) : null,
             c.optedOut ? h("span", { class: "chip chip-warn" }, "Opted out") : null,
-            showOwner ? labelled("@", c.owner, { class: "chip chip-owner", title: "Owner" }) : null,
+            showOwner ? labelled("@", c.owner, { class: "chip chip-owner", title: "Assignee", "data-testid": "conversation-assignee" }) : null,
+            labelChips(c.labels, "conversation-label"),
           )
         : null,
     ),
@@ -141,7 +161,7 @@ function safeUrl(url: string): string | null {
 }
 
 export function statusTick(m: Message): HTMLElement | null {
-  if (m.direction === Direction.INBOUND) return null;
+  if (m.direction === Direction.INBOUND || m.direction === Direction.NOTE) return null;
   const tick = tickOf(m.status);
   const name = statusName(m.status);
   const label = name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, " ");
@@ -179,25 +199,37 @@ export function statusTick(m: Message): HTMLElement | null {
   );
 }
 
-export function messageBubble(m: Message): HTMLElement {
+/** One message; `highlighted` marks a search hit jumped to. Notes are styled apart and carry their writer. */
+export function messageBubble(m: Message, highlighted = false): HTMLElement {
+  const note = m.direction === Direction.NOTE;
   const out = m.direction !== Direction.INBOUND;
-  const status = statusName(m.status);
-  const failed = tickOf(m.status) === "failed";
+  const status = note ? "note" : statusName(m.status);
+  const failed = !note && tickOf(m.status) === "failed";
   const media = m.media
     .map((md) => ({ url: safeUrl(md.url), type: md.contentType }))
     .filter((x): x is { url: string; type: string } => x.url !== null);
   return h(
     "div",
-    { class: `msg-row ${out ? "out" : "in"}` },
+    { class: `msg-row ${note ? "note" : out ? "out" : "in"}` },
     h(
       "div",
       {
-        class: `bubble${failed ? " failed" : ""}`,
+        class: `bubble${failed ? " failed" : ""}${note ? " bubble-note" : ""}${highlighted ? " hit" : ""}`,
         "data-testid": "message-bubble",
         "data-message-id": m.id,
         "data-status": status,
-        "data-direction": out ? "outbound" : "inbound",
+        "data-direction": note ? "note" : out ? "outbound" : "inbound",
+        "data-highlighted": highlighted ? "true" : undefined,
       },
+      note
+        ? h(
+            "div",
+            { class: "bubble-note-head", "data-testid": "note-label" },
+            icon(ICONS.note),
+            h("span", { class: "note-kind" }, "Internal note"),
+            m.author ? [" · ", userText("span", { "data-testid": "note-author" }, m.author)] : null,
+          )
+        : null,
       m.body ? userText("div", { class: "bubble-body", "data-testid": "message-body" }, m.body) : null,
       media.length
         ? h(

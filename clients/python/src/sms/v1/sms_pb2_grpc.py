@@ -83,6 +83,31 @@ class SmsServiceStub:
                 request_serializer=sms_dot_v1_dot_sms__pb2.SyncFromTwilioRequest.SerializeToString,
                 response_deserializer=sms_dot_v1_dot_sms__pb2.SyncFromTwilioResponse.FromString,
                 _registered_method=True)
+        self.UpdateConversation = channel.unary_unary(
+                '/sms.v1.SmsService/UpdateConversation',
+                request_serializer=sms_dot_v1_dot_sms__pb2.UpdateConversationRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.UpdateConversationResponse.FromString,
+                _registered_method=True)
+        self.AssignConversation = channel.unary_unary(
+                '/sms.v1.SmsService/AssignConversation',
+                request_serializer=sms_dot_v1_dot_sms__pb2.AssignConversationRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.AssignConversationResponse.FromString,
+                _registered_method=True)
+        self.SearchMessages = channel.unary_unary(
+                '/sms.v1.SmsService/SearchMessages',
+                request_serializer=sms_dot_v1_dot_sms__pb2.SearchMessagesRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.SearchMessagesResponse.FromString,
+                _registered_method=True)
+        self.AddNote = channel.unary_unary(
+                '/sms.v1.SmsService/AddNote',
+                request_serializer=sms_dot_v1_dot_sms__pb2.AddNoteRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.AddNoteResponse.FromString,
+                _registered_method=True)
+        self.GetInboxSummary = channel.unary_unary(
+                '/sms.v1.SmsService/GetInboxSummary',
+                request_serializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class SmsServiceServicer:
@@ -155,6 +180,44 @@ class SmsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateConversation(self, request, context):
+        """Updates a conversation's contact_name, contact_id and labels (AIP-134): its assignee, an admin or the
+        service role (the CRM syncing names) may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignConversation(self, request, context):
+        """Changes a conversation's assignee: admins assign to anyone or unassign; an agent takes an unassigned one,
+        hands their own to another agent, or releases it. Two racing claims: one wins, the other is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchMessages(self, request, context):
+        """Message bodies (notes included) of the conversations the caller may see, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddNote(self, request, context):
+        """Adds an internal note to a conversation's thread; never sent to Twilio.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInboxSummary(self, request, context):
+        """The caller's counts: conversations assigned to them, unread among those they see, and unassigned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SmsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +265,31 @@ def add_SmsServiceServicer_to_server(servicer, server):
                     servicer.SyncFromTwilio,
                     request_deserializer=sms_dot_v1_dot_sms__pb2.SyncFromTwilioRequest.FromString,
                     response_serializer=sms_dot_v1_dot_sms__pb2.SyncFromTwilioResponse.SerializeToString,
+            ),
+            'UpdateConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversation,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.UpdateConversationRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.UpdateConversationResponse.SerializeToString,
+            ),
+            'AssignConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignConversation,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.AssignConversationRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.AssignConversationResponse.SerializeToString,
+            ),
+            'SearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMessages,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.SearchMessagesRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'AddNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNote,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.AddNoteRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.AddNoteResponse.SerializeToString,
+            ),
+            'GetInboxSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInboxSummary,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +539,141 @@ class SmsService:
             '/sms.v1.SmsService/SyncFromTwilio',
             sms_dot_v1_dot_sms__pb2.SyncFromTwilioRequest.SerializeToString,
             sms_dot_v1_dot_sms__pb2.SyncFromTwilioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/UpdateConversation',
+            sms_dot_v1_dot_sms__pb2.UpdateConversationRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.UpdateConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/AssignConversation',
+            sms_dot_v1_dot_sms__pb2.AssignConversationRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.AssignConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/SearchMessages',
+            sms_dot_v1_dot_sms__pb2.SearchMessagesRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/AddNote',
+            sms_dot_v1_dot_sms__pb2.AddNoteRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.AddNoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInboxSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/GetInboxSummary',
+            sms_dot_v1_dot_sms__pb2.GetInboxSummaryRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.GetInboxSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

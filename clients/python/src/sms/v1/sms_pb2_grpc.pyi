@@ -55,6 +55,21 @@ class SmsServiceStub:
     """Admin only: the send queue's state, for the dashboard."""
     SyncFromTwilio: _grpc.UnaryUnaryMultiCallable[_sms_pb2.SyncFromTwilioRequest, _sms_pb2.SyncFromTwilioResponse]
     """Admin only: pages through Twilio's message list for a window and upserts by sid."""
+    UpdateConversation: _grpc.UnaryUnaryMultiCallable[_sms_pb2.UpdateConversationRequest, _sms_pb2.UpdateConversationResponse]
+    """Updates a conversation's contact_name, contact_id and labels (AIP-134): its assignee, an admin or the
+    service role (the CRM syncing names) may.
+    """
+    AssignConversation: _grpc.UnaryUnaryMultiCallable[_sms_pb2.AssignConversationRequest, _sms_pb2.AssignConversationResponse]
+    """Changes a conversation's assignee: admins assign to anyone or unassign; an agent takes an unassigned one,
+    hands their own to another agent, or releases it. Two racing claims: one wins, the other is
+    FAILED_PRECONDITION.
+    """
+    SearchMessages: _grpc.UnaryUnaryMultiCallable[_sms_pb2.SearchMessagesRequest, _sms_pb2.SearchMessagesResponse]
+    """Message bodies (notes included) of the conversations the caller may see, newest first."""
+    AddNote: _grpc.UnaryUnaryMultiCallable[_sms_pb2.AddNoteRequest, _sms_pb2.AddNoteResponse]
+    """Adds an internal note to a conversation's thread; never sent to Twilio."""
+    GetInboxSummary: _grpc.UnaryUnaryMultiCallable[_sms_pb2.GetInboxSummaryRequest, _sms_pb2.GetInboxSummaryResponse]
+    """The caller's counts: conversations assigned to them, unread among those they see, and unassigned."""
 
 @_typing.type_check_only
 class SmsServiceAsyncStub(SmsServiceStub):
@@ -83,6 +98,21 @@ class SmsServiceAsyncStub(SmsServiceStub):
     """Admin only: the send queue's state, for the dashboard."""
     SyncFromTwilio: _aio.UnaryUnaryMultiCallable[_sms_pb2.SyncFromTwilioRequest, _sms_pb2.SyncFromTwilioResponse]  # type: ignore[assignment]
     """Admin only: pages through Twilio's message list for a window and upserts by sid."""
+    UpdateConversation: _aio.UnaryUnaryMultiCallable[_sms_pb2.UpdateConversationRequest, _sms_pb2.UpdateConversationResponse]  # type: ignore[assignment]
+    """Updates a conversation's contact_name, contact_id and labels (AIP-134): its assignee, an admin or the
+    service role (the CRM syncing names) may.
+    """
+    AssignConversation: _aio.UnaryUnaryMultiCallable[_sms_pb2.AssignConversationRequest, _sms_pb2.AssignConversationResponse]  # type: ignore[assignment]
+    """Changes a conversation's assignee: admins assign to anyone or unassign; an agent takes an unassigned one,
+    hands their own to another agent, or releases it. Two racing claims: one wins, the other is
+    FAILED_PRECONDITION.
+    """
+    SearchMessages: _aio.UnaryUnaryMultiCallable[_sms_pb2.SearchMessagesRequest, _sms_pb2.SearchMessagesResponse]  # type: ignore[assignment]
+    """Message bodies (notes included) of the conversations the caller may see, newest first."""
+    AddNote: _aio.UnaryUnaryMultiCallable[_sms_pb2.AddNoteRequest, _sms_pb2.AddNoteResponse]  # type: ignore[assignment]
+    """Adds an internal note to a conversation's thread; never sent to Twilio."""
+    GetInboxSummary: _aio.UnaryUnaryMultiCallable[_sms_pb2.GetInboxSummaryRequest, _sms_pb2.GetInboxSummaryResponse]  # type: ignore[assignment]
+    """The caller's counts: conversations assigned to them, unread among those they see, and unassigned."""
 
 class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API: agents, admins and internal services send and read SMS conversations.
@@ -162,5 +192,50 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sms_pb2.SyncFromTwilioResponse, _abc.Awaitable[_sms_pb2.SyncFromTwilioResponse]]:
         """Admin only: pages through Twilio's message list for a window and upserts by sid."""
+
+    @_abc_1.abstractmethod
+    def UpdateConversation(
+        self,
+        request: _sms_pb2.UpdateConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.UpdateConversationResponse, _abc.Awaitable[_sms_pb2.UpdateConversationResponse]]:
+        """Updates a conversation's contact_name, contact_id and labels (AIP-134): its assignee, an admin or the
+        service role (the CRM syncing names) may.
+        """
+
+    @_abc_1.abstractmethod
+    def AssignConversation(
+        self,
+        request: _sms_pb2.AssignConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.AssignConversationResponse, _abc.Awaitable[_sms_pb2.AssignConversationResponse]]:
+        """Changes a conversation's assignee: admins assign to anyone or unassign; an agent takes an unassigned one,
+        hands their own to another agent, or releases it. Two racing claims: one wins, the other is
+        FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchMessages(
+        self,
+        request: _sms_pb2.SearchMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.SearchMessagesResponse, _abc.Awaitable[_sms_pb2.SearchMessagesResponse]]:
+        """Message bodies (notes included) of the conversations the caller may see, newest first."""
+
+    @_abc_1.abstractmethod
+    def AddNote(
+        self,
+        request: _sms_pb2.AddNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.AddNoteResponse, _abc.Awaitable[_sms_pb2.AddNoteResponse]]:
+        """Adds an internal note to a conversation's thread; never sent to Twilio."""
+
+    @_abc_1.abstractmethod
+    def GetInboxSummary(
+        self,
+        request: _sms_pb2.GetInboxSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.GetInboxSummaryResponse, _abc.Awaitable[_sms_pb2.GetInboxSummaryResponse]]:
+        """The caller's counts: conversations assigned to them, unread among those they see, and unassigned."""
 
 def add_SmsServiceServicer_to_server(servicer: SmsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -31,6 +31,10 @@ class _DirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direction.V
     """Sent by an agent or service through Send."""
     DIRECTION_INBOUND: _Direction.ValueType  # 2
     """Received from a contact through Twilio."""
+    DIRECTION_NOTE: _Direction.ValueType  # 3
+    """An internal note written by an agent in the thread: stored, listed, searched and streamed like any
+    message, visible to whoever may see the conversation, never sent to Twilio (no status, no numbers).
+    """
 
 class Direction(_Direction, metaclass=_DirectionEnumTypeWrapper):
     """Direction of a message as seen from our side."""
@@ -40,6 +44,10 @@ DIRECTION_OUTBOUND: Direction.ValueType  # 1
 """Sent by an agent or service through Send."""
 DIRECTION_INBOUND: Direction.ValueType  # 2
 """Received from a contact through Twilio."""
+DIRECTION_NOTE: Direction.ValueType  # 3
+"""An internal note written by an agent in the thread: stored, listed, searched and streamed like any
+message, visible to whoever may see the conversation, never sent to Twilio (no status, no numbers).
+"""
 Global___Direction: _TypeAlias = Direction  # noqa: Y015
 
 class _MessageStatus:
@@ -198,6 +206,7 @@ class Message(_message.Message):
     PRICE_UNIT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     conversation_id: _builtins.str
     direction: Global___Direction.ValueType
@@ -221,6 +230,8 @@ class Message(_message.Message):
     price: _builtins.str
     """Price as Twilio reports it (a decimal string, negative for charges), empty until known."""
     price_unit: _builtins.str
+    author: _builtins.str
+    """Who wrote it: the user who sent an outbound message or wrote a note; empty for inbound."""
     @_builtins.property
     def media(self) -> _containers.RepeatedCompositeFieldContainer[Global___Media]: ...
     @_builtins.property
@@ -253,10 +264,11 @@ class Message(_message.Message):
         price_unit: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        author: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "contact_id", b"contact_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "direction", b"direction", "error_code", b"error_code", "error_message", b"error_message", "from_number", b"from_number", "id", b"id", "media", b"media", "owner", b"owner", "price", b"price", "price_unit", b"price_unit", "request_id", b"request_id", "segments", b"segments", "status", b"status", "status_history", b"status_history", "to_number", b"to_number", "twilio_sid", b"twilio_sid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "author", b"author", "body", b"body", "contact_id", b"contact_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "direction", b"direction", "error_code", b"error_code", "error_message", b"error_message", "from_number", b"from_number", "id", b"id", "media", b"media", "owner", b"owner", "price", b"price", "price_unit", b"price_unit", "request_id", b"request_id", "segments", b"segments", "status", b"status", "status_history", b"status_history", "to_number", b"to_number", "twilio_sid", b"twilio_sid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,6 +293,9 @@ class Conversation(_message.Message):
     OPTED_OUT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CONTACT_NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_HISTORY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     our_number: _builtins.str
     contact_number: _builtins.str
@@ -294,12 +309,22 @@ class Conversation(_message.Message):
     unread_count: _builtins.int
     message_count: _builtins.int
     opted_out: _builtins.bool
+    contact_name: _builtins.str
+    """The contact's name, as the CRM or an agent set it (UpdateConversation); empty when unknown."""
     @_builtins.property
     def last_message_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Free labels such as "vip" (UpdateConversation)."""
+
+    @_builtins.property
+    def assignment_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
+        """Every change of assignee, oldest first (AssignConversation, or a reply that claimed it)."""
+
     def __init__(
         self,
         *,
@@ -316,14 +341,51 @@ class Conversation(_message.Message):
         opted_out: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        contact_name: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        assignment_history: _abc.Iterable[Global___Assignment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_message_time", b"last_message_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "contact_number", b"contact_number", "create_time", b"create_time", "id", b"id", "last_message_direction", b"last_message_direction", "last_message_preview", b"last_message_preview", "last_message_time", b"last_message_time", "message_count", b"message_count", "opted_out", b"opted_out", "our_number", b"our_number", "owner", b"owner", "unread_count", b"unread_count", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_history", b"assignment_history", "contact_id", b"contact_id", "contact_name", b"contact_name", "contact_number", b"contact_number", "create_time", b"create_time", "id", b"id", "labels", b"labels", "last_message_direction", b"last_message_direction", "last_message_preview", b"last_message_preview", "last_message_time", b"last_message_time", "message_count", b"message_count", "opted_out", b"opted_out", "our_number", b"our_number", "owner", b"owner", "unread_count", b"unread_count", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Conversation: _TypeAlias = Conversation  # noqa: Y015
+
+@_typing.final
+class Assignment(_message.Message):
+    """One change of a conversation's assignee (its `owner`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    FROM_ASSIGNEE_FIELD_NUMBER: _builtins.int
+    TO_ASSIGNEE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """The user who made the change."""
+    from_assignee: _builtins.str
+    """The assignee before; empty: unassigned."""
+    to_assignee: _builtins.str
+    """The assignee after; empty: unassigned."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        from_assignee: _builtins.str = ...,
+        to_assignee: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "from_assignee", b"from_assignee", "time", b"time", "to_assignee", b"to_assignee"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):

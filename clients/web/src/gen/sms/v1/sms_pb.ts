@@ -5,8 +5,8 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
-import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Conversation, Event, Message as Message$1 } from "./types_pb.js";
 import { file_sms_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sms/v1/sms.proto.
  */
 export const file_sms_v1_sms: GenFile = /*@__PURE__*/
-  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEiaQoLU2VuZFJlcXVlc3QSEAoCdG8YASABKAlCBOJBAQISDAoEYm9keRgCIAEoCRISCgptZWRpYV91cmxzGAMgAygJEhIKCmNvbnRhY3RfaWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJDCgxTZW5kUmVzcG9uc2USIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCItChFHZXRNZXNzYWdlUmVxdWVzdBIYCgptZXNzYWdlX2lkGAEgASgJQgTiQQECIjYKEkdldE1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiNwoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiRQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiYQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIrCg1jb252ZXJzYXRpb25zGAEgAygLMhQuc21zLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USIQoIbWVzc2FnZXMYASADKAsyDy5zbXMudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAobTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJKChxNYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iVQoQU3Vic2NyaWJlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhIKCmFsbF9vd25lcnMYAyABKAgiTAoJSGVhcnRiZWF0EhUKDWxhc3RfZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoOUmVzeW5jUmVxdWlyZWQSDgoGcmVhc29uGAEgASgJEhUKDWxhc3RfZXZlbnRfaWQYAiABKAkimgEKEVN1YnNjcmliZVJlc3BvbnNlEh4KBWV2ZW50GAEgASgLMg0uc21zLnYxLkV2ZW50SAASJgoJaGVhcnRiZWF0GAIgASgLMhEuc21zLnYxLkhlYXJ0YmVhdEgAEjEKD3Jlc3luY19yZXF1aXJlZBgDIAEoCzIWLnNtcy52MS5SZXN5bmNSZXF1aXJlZEgAQgoKCHJlc3BvbnNlIhYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0IpUCChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDgoGcXVldWVkGAEgASgDEhMKC2luX3Byb2dyZXNzGAIgASgDEhAKCHJldHJ5aW5nGAMgASgDEhgKEGZhaWxlZF9sYXN0X2hvdXIYBCABKAMSGAoQc2VudF9sYXN0X21pbnV0ZRgFIAEoAxIWCg5zZW50X2xhc3RfaG91chgGIAEoAxI0ChFvbGRlc3RfcXVldWVkX2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxxdWV1ZV9sZW5ndGgYCCABKAMSFgoOd29ya2VyX2hlYWx0aHkYCSABKAgSFQoNd29ya2VyX2hlYWx0aBgKIAEoCSJ7ChVTeW5jRnJvbVR3aWxpb1JlcXVlc3QSNAoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQISLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrACChZTeW5jRnJvbVR3aWxpb1Jlc3BvbnNlEg8KB3NjYW5uZWQYASABKAUSDwoHY3JlYXRlZBgCIAEoBRIPCgd1cGRhdGVkGAMgASgFEhAKCGNvbXBsZXRlGAQgASgIEj4KC3N0b3BfcmVhc29uGAUgASgOMikuc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVzcG9uc2UuU3RvcFJlYXNvbhIwCgxyZWFjaGVkX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KClN0b3BSZWFzb24SGwoXU1RPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTVE9QX1JFQVNPTl9QQUdFX0xJTUlUEAESGAoUU1RPUF9SRUFTT05fREVBRExJTkUQAjLDBQoKU21zU2VydmljZRIxCgRTZW5kEhMuc21zLnYxLlNlbmRSZXF1ZXN0GhQuc21zLnYxLlNlbmRSZXNwb25zZRJDCgpHZXRNZXNzYWdlEhkuc21zLnYxLkdldE1lc3NhZ2VSZXF1ZXN0Ghouc21zLnYxLkdldE1lc3NhZ2VSZXNwb25zZRJSCg9HZXRDb252ZXJzYXRpb24SHi5zbXMudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBofLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJYChFMaXN0Q29udmVyc2F0aW9ucxIgLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaIS5zbXMudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJJCgxMaXN0TWVzc2FnZXMSGy5zbXMudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBocLnNtcy52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJhChRNYXJrQ29udmVyc2F0aW9uUmVhZBIjLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlcXVlc3QaJC5zbXMudjEuTWFya0NvbnZlcnNhdGlvblJlYWRSZXNwb25zZRJCCglTdWJzY3JpYmUSGC5zbXMudjEuU3Vic2NyaWJlUmVxdWVzdBoZLnNtcy52MS5TdWJzY3JpYmVSZXNwb25zZTABEkwKDUdldFF1ZXVlU3RhdHMSHC5zbXMudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHS5zbXMudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEk8KDlN5bmNGcm9tVHdpbGlvEh0uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVxdWVzdBoeLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp, file_sms_v1_types]);
+  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEiaQoLU2VuZFJlcXVlc3QSEAoCdG8YASABKAlCBOJBAQISDAoEYm9keRgCIAEoCRISCgptZWRpYV91cmxzGAMgAygJEhIKCmNvbnRhY3RfaWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJDCgxTZW5kUmVzcG9uc2USIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCItChFHZXRNZXNzYWdlUmVxdWVzdBIYCgptZXNzYWdlX2lkGAEgASgJQgTiQQECIjYKEkdldE1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiNwoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiRQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJgChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEg0KBXF1ZXJ5GAQgASgJImEKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USKwoNY29udmVyc2F0aW9ucxgBIAMoCzIULnNtcy52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlsKE0xpc3RNZXNzYWdlc1JlcXVlc3QSHQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlIKFExpc3RNZXNzYWdlc1Jlc3BvbnNlEiEKCG1lc3NhZ2VzGAEgAygLMg8uc21zLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjwKG01hcmtDb252ZXJzYXRpb25SZWFkUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiSgocTWFya0NvbnZlcnNhdGlvblJlYWRSZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlUKEFN1YnNjcmliZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhQKDHJlc3VtZV90b2tlbhgCIAEoCRISCgphbGxfb3duZXJzGAMgASgIIkwKCUhlYXJ0YmVhdBIVCg1sYXN0X2V2ZW50X2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjcKDlJlc3luY1JlcXVpcmVkEg4KBnJlYXNvbhgBIAEoCRIVCg1sYXN0X2V2ZW50X2lkGAIgASgJIpoBChFTdWJzY3JpYmVSZXNwb25zZRIeCgVldmVudBgBIAEoCzINLnNtcy52MS5FdmVudEgAEiYKCWhlYXJ0YmVhdBgCIAEoCzIRLnNtcy52MS5IZWFydGJlYXRIABIxCg9yZXN5bmNfcmVxdWlyZWQYAyABKAsyFi5zbXMudjEuUmVzeW5jUmVxdWlyZWRIAEIKCghyZXNwb25zZSIWChRHZXRRdWV1ZVN0YXRzUmVxdWVzdCKVAgoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEg4KBnF1ZXVlZBgBIAEoAxITCgtpbl9wcm9ncmVzcxgCIAEoAxIQCghyZXRyeWluZxgDIAEoAxIYChBmYWlsZWRfbGFzdF9ob3VyGAQgASgDEhgKEHNlbnRfbGFzdF9taW51dGUYBSABKAMSFgoOc2VudF9sYXN0X2hvdXIYBiABKAMSNAoRb2xkZXN0X3F1ZXVlZF9hZ2UYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMcXVldWVfbGVuZ3RoGAggASgDEhYKDndvcmtlcl9oZWFsdGh5GAkgASgIEhUKDXdvcmtlcl9oZWFsdGgYCiABKAkiewoVU3luY0Zyb21Ud2lsaW9SZXF1ZXN0EjQKCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQECEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKwAgoWU3luY0Zyb21Ud2lsaW9SZXNwb25zZRIPCgdzY2FubmVkGAEgASgFEg8KB2NyZWF0ZWQYAiABKAUSDwoHdXBkYXRlZBgDIAEoBRIQCghjb21wbGV0ZRgEIAEoCBI+CgtzdG9wX3JlYXNvbhgFIAEoDjIpLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlLlN0b3BSZWFzb24SMAoMcmVhY2hlZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJfCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU1RPUF9SRUFTT05fUEFHRV9MSU1JVBABEhgKFFNUT1BfUkVBU09OX0RFQURMSU5FEAIihAEKGVVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSMAoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQIiSAoaVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJMChlBc3NpZ25Db252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAhIQCghhc3NpZ25lZRgCIAEoCSJIChpBc3NpZ25Db252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFVNlYXJjaE1lc3NhZ2VzUmVxdWVzdBITCgVxdWVyeRgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJaCgpNZXNzYWdlSGl0EiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZRIqCgxjb252ZXJzYXRpb24YAiABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USIAoEaGl0cxgBIAMoCzISLnNtcy52MS5NZXNzYWdlSGl0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJXCg5BZGROb3RlUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEgoEYm9keRgCIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAMgASgJIjMKD0FkZE5vdGVSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiGAoWR2V0SW5ib3hTdW1tYXJ5UmVxdWVzdCJLChdHZXRJbmJveFN1bW1hcnlSZXNwb25zZRIMCgRtaW5lGAEgASgFEg4KBnVucmVhZBgCIAEoBRISCgp1bmFzc2lnbmVkGAMgASgFMt4ICgpTbXNTZXJ2aWNlEjEKBFNlbmQSEy5zbXMudjEuU2VuZFJlcXVlc3QaFC5zbXMudjEuU2VuZFJlc3BvbnNlEkMKCkdldE1lc3NhZ2USGS5zbXMudjEuR2V0TWVzc2FnZVJlcXVlc3QaGi5zbXMudjEuR2V0TWVzc2FnZVJlc3BvbnNlElIKD0dldENvbnZlcnNhdGlvbhIeLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0Gh8uc21zLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlElgKEUxpc3RDb252ZXJzYXRpb25zEiAuc21zLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBohLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEkkKDExpc3RNZXNzYWdlcxIbLnNtcy52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0Ghwuc21zLnYxLkxpc3RNZXNzYWdlc1Jlc3BvbnNlEmEKFE1hcmtDb252ZXJzYXRpb25SZWFkEiMuc21zLnYxLk1hcmtDb252ZXJzYXRpb25SZWFkUmVxdWVzdBokLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEkIKCVN1YnNjcmliZRIYLnNtcy52MS5TdWJzY3JpYmVSZXF1ZXN0Ghkuc21zLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESTAoNR2V0UXVldWVTdGF0cxIcLnNtcy52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBodLnNtcy52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USTwoOU3luY0Zyb21Ud2lsaW8SHS5zbXMudjEuU3luY0Zyb21Ud2lsaW9SZXF1ZXN0Gh4uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVzcG9uc2USWwoSVXBkYXRlQ29udmVyc2F0aW9uEiEuc21zLnYxLlVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QaIi5zbXMudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USWwoSQXNzaWduQ29udmVyc2F0aW9uEiEuc21zLnYxLkFzc2lnbkNvbnZlcnNhdGlvblJlcXVlc3QaIi5zbXMudjEuQXNzaWduQ29udmVyc2F0aW9uUmVzcG9uc2USTwoOU2VhcmNoTWVzc2FnZXMSHS5zbXMudjEuU2VhcmNoTWVzc2FnZXNSZXF1ZXN0Gh4uc21zLnYxLlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USOgoHQWRkTm90ZRIWLnNtcy52MS5BZGROb3RlUmVxdWVzdBoXLnNtcy52MS5BZGROb3RlUmVzcG9uc2USUgoPR2V0SW5ib3hTdW1tYXJ5Eh4uc21zLnYxLkdldEluYm94U3VtbWFyeVJlcXVlc3QaHy5zbXMudjEuR2V0SW5ib3hTdW1tYXJ5UmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_sms_v1_types]);
 
 /**
  * @generated from message sms.v1.SendRequest
@@ -177,6 +177,21 @@ export type ListConversationsRequest = Message<"sms.v1.ListConversationsRequest"
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * AIP-160 subset, terms joined by AND: `unread`, `unassigned`, `opted_out`, `label = "vip"`,
+   * `assignee = "bob"` (admins), `contact_id = "crm-42"`.
+   *
+   * @generated from field: string filter = 3;
+   */
+  filter: string;
+
+  /**
+   * Free text over the contact number (any format: its digits match), the contact name and the last message.
+   *
+   * @generated from field: string query = 4;
+   */
+  query: string;
 };
 
 /**
@@ -618,6 +633,269 @@ export const SyncFromTwilioResponse_StopReasonSchema: GenEnum<SyncFromTwilioResp
   enumDesc(file_sms_v1_sms, 19, 0);
 
 /**
+ * @generated from message sms.v1.UpdateConversationRequest
+ */
+export type UpdateConversationRequest = Message<"sms.v1.UpdateConversationRequest"> & {
+  /**
+   * The conversation, by id (at most 64 bytes), with the new values of the fields the mask names: contact_name
+   * at most 256 bytes, contact_id 256, labels at most 20 of 64 bytes each (none empty; repeats kept once).
+   * Its assignee, an admin or the service role may update; another agent who sees it (an unassigned one) is
+   * PERMISSION_DENIED (NOT_ASSIGNEE), one who does not NOT_FOUND.
+   *
+   * @generated from field: sms.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+
+  /**
+   * contact_name, contact_id, labels (at most 10 paths of 64 bytes); other paths, or none, are INVALID_ARGUMENT
+   * (INVALID_UPDATE_MASK).
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message sms.v1.UpdateConversationRequest.
+ * Use `create(UpdateConversationRequestSchema)` to create a new message.
+ */
+export const UpdateConversationRequestSchema: GenMessage<UpdateConversationRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 20);
+
+/**
+ * @generated from message sms.v1.UpdateConversationResponse
+ */
+export type UpdateConversationResponse = Message<"sms.v1.UpdateConversationResponse"> & {
+  /**
+   * @generated from field: sms.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message sms.v1.UpdateConversationResponse.
+ * Use `create(UpdateConversationResponseSchema)` to create a new message.
+ */
+export const UpdateConversationResponseSchema: GenMessage<UpdateConversationResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 21);
+
+/**
+ * @generated from message sms.v1.AssignConversationRequest
+ */
+export type AssignConversationRequest = Message<"sms.v1.AssignConversationRequest"> & {
+  /**
+   * At most 64 bytes.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The new assignee's user id (at most 128 bytes); empty: unassign. The current assignee: nothing changes.
+   * An agent's other changes are PERMISSION_DENIED (ASSIGNMENT_NOT_ALLOWED); a claim of a conversation that is
+   * no longer unassigned, FAILED_PRECONDITION (CONVERSATION_ALREADY_ASSIGNED); a change that lost a race,
+   * FAILED_PRECONDITION (ASSIGNEE_CHANGED).
+   *
+   * @generated from field: string assignee = 2;
+   */
+  assignee: string;
+};
+
+/**
+ * Describes the message sms.v1.AssignConversationRequest.
+ * Use `create(AssignConversationRequestSchema)` to create a new message.
+ */
+export const AssignConversationRequestSchema: GenMessage<AssignConversationRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 22);
+
+/**
+ * @generated from message sms.v1.AssignConversationResponse
+ */
+export type AssignConversationResponse = Message<"sms.v1.AssignConversationResponse"> & {
+  /**
+   * @generated from field: sms.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message sms.v1.AssignConversationResponse.
+ * Use `create(AssignConversationResponseSchema)` to create a new message.
+ */
+export const AssignConversationResponseSchema: GenMessage<AssignConversationResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 23);
+
+/**
+ * @generated from message sms.v1.SearchMessagesRequest
+ */
+export type SearchMessagesRequest = Message<"sms.v1.SearchMessagesRequest"> & {
+  /**
+   * @generated from field: string query = 1;
+   */
+  query: string;
+
+  /**
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message sms.v1.SearchMessagesRequest.
+ * Use `create(SearchMessagesRequestSchema)` to create a new message.
+ */
+export const SearchMessagesRequestSchema: GenMessage<SearchMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 24);
+
+/**
+ * A message that matched, with its conversation.
+ *
+ * @generated from message sms.v1.MessageHit
+ */
+export type MessageHit = Message<"sms.v1.MessageHit"> & {
+  /**
+   * @generated from field: sms.v1.Message message = 1;
+   */
+  message?: Message$1 | undefined;
+
+  /**
+   * @generated from field: sms.v1.Conversation conversation = 2;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message sms.v1.MessageHit.
+ * Use `create(MessageHitSchema)` to create a new message.
+ */
+export const MessageHitSchema: GenMessage<MessageHit> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 25);
+
+/**
+ * @generated from message sms.v1.SearchMessagesResponse
+ */
+export type SearchMessagesResponse = Message<"sms.v1.SearchMessagesResponse"> & {
+  /**
+   * @generated from field: repeated sms.v1.MessageHit hits = 1;
+   */
+  hits: MessageHit[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message sms.v1.SearchMessagesResponse.
+ * Use `create(SearchMessagesResponseSchema)` to create a new message.
+ */
+export const SearchMessagesResponseSchema: GenMessage<SearchMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 26);
+
+/**
+ * @generated from message sms.v1.AddNoteRequest
+ */
+export type AddNoteRequest = Message<"sms.v1.AddNoteRequest"> & {
+  /**
+   * At most 64 bytes; any conversation the caller may see.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Not blank; at most 4,096 bytes.
+   *
+   * @generated from field: string body = 2;
+   */
+  body: string;
+
+  /**
+   * Idempotency key (AIP-155), per user and shared with Send's: at most 200 bytes. A key reused with another
+   * payload is ALREADY_EXISTS (REQUEST_ID_REUSED).
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message sms.v1.AddNoteRequest.
+ * Use `create(AddNoteRequestSchema)` to create a new message.
+ */
+export const AddNoteRequestSchema: GenMessage<AddNoteRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 27);
+
+/**
+ * @generated from message sms.v1.AddNoteResponse
+ */
+export type AddNoteResponse = Message<"sms.v1.AddNoteResponse"> & {
+  /**
+   * @generated from field: sms.v1.Message message = 1;
+   */
+  message?: Message$1 | undefined;
+};
+
+/**
+ * Describes the message sms.v1.AddNoteResponse.
+ * Use `create(AddNoteResponseSchema)` to create a new message.
+ */
+export const AddNoteResponseSchema: GenMessage<AddNoteResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 28);
+
+/**
+ * @generated from message sms.v1.GetInboxSummaryRequest
+ */
+export type GetInboxSummaryRequest = Message<"sms.v1.GetInboxSummaryRequest"> & {
+};
+
+/**
+ * Describes the message sms.v1.GetInboxSummaryRequest.
+ * Use `create(GetInboxSummaryRequestSchema)` to create a new message.
+ */
+export const GetInboxSummaryRequestSchema: GenMessage<GetInboxSummaryRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 29);
+
+/**
+ * @generated from message sms.v1.GetInboxSummaryResponse
+ */
+export type GetInboxSummaryResponse = Message<"sms.v1.GetInboxSummaryResponse"> & {
+  /**
+   * Conversations assigned to the caller.
+   *
+   * @generated from field: int32 mine = 1;
+   */
+  mine: number;
+
+  /**
+   * Conversations with unread messages among those the caller may see.
+   *
+   * @generated from field: int32 unread = 2;
+   */
+  unread: number;
+
+  /**
+   * Unassigned conversations (for agents, when SMS_UNASSIGNED_VISIBLE_TO_AGENTS allows them to see them).
+   *
+   * @generated from field: int32 unassigned = 3;
+   */
+  unassigned: number;
+};
+
+/**
+ * Describes the message sms.v1.GetInboxSummaryResponse.
+ * Use `create(GetInboxSummaryResponseSchema)` to create a new message.
+ */
+export const GetInboxSummaryResponseSchema: GenMessage<GetInboxSummaryResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 30);
+
+/**
  * The public API: agents, admins and internal services send and read SMS conversations.
  * Every call needs `authorization: Bearer <JWT>` metadata.
  * Every string and repeated field of a request has the maximum given on it (strings in UTF-8 bytes unless
@@ -715,6 +993,59 @@ export const SmsService: GenService<{
     methodKind: "unary";
     input: typeof SyncFromTwilioRequestSchema;
     output: typeof SyncFromTwilioResponseSchema;
+  },
+  /**
+   * Updates a conversation's contact_name, contact_id and labels (AIP-134): its assignee, an admin or the
+   * service role (the CRM syncing names) may.
+   *
+   * @generated from rpc sms.v1.SmsService.UpdateConversation
+   */
+  updateConversation: {
+    methodKind: "unary";
+    input: typeof UpdateConversationRequestSchema;
+    output: typeof UpdateConversationResponseSchema;
+  },
+  /**
+   * Changes a conversation's assignee: admins assign to anyone or unassign; an agent takes an unassigned one,
+   * hands their own to another agent, or releases it. Two racing claims: one wins, the other is
+   * FAILED_PRECONDITION.
+   *
+   * @generated from rpc sms.v1.SmsService.AssignConversation
+   */
+  assignConversation: {
+    methodKind: "unary";
+    input: typeof AssignConversationRequestSchema;
+    output: typeof AssignConversationResponseSchema;
+  },
+  /**
+   * Message bodies (notes included) of the conversations the caller may see, newest first.
+   *
+   * @generated from rpc sms.v1.SmsService.SearchMessages
+   */
+  searchMessages: {
+    methodKind: "unary";
+    input: typeof SearchMessagesRequestSchema;
+    output: typeof SearchMessagesResponseSchema;
+  },
+  /**
+   * Adds an internal note to a conversation's thread; never sent to Twilio.
+   *
+   * @generated from rpc sms.v1.SmsService.AddNote
+   */
+  addNote: {
+    methodKind: "unary";
+    input: typeof AddNoteRequestSchema;
+    output: typeof AddNoteResponseSchema;
+  },
+  /**
+   * The caller's counts: conversations assigned to them, unread among those they see, and unassigned.
+   *
+   * @generated from rpc sms.v1.SmsService.GetInboxSummary
+   */
+  getInboxSummary: {
+    methodKind: "unary";
+    input: typeof GetInboxSummaryRequestSchema;
+    output: typeof GetInboxSummaryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_sms_v1_sms, 0);

@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file sms/v1/types.proto.
  */
 export const file_sms_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChJzbXMvdjEvdHlwZXMucHJvdG8SBnNtcy52MSIqCgVNZWRpYRILCgN1cmwYASABKAkSFAoMY29udGVudF90eXBlGAIgASgJIpsBCgxTdGF0dXNDaGFuZ2USJQoGc3RhdHVzGAEgASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZXJyb3JfY29kZRgDIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEg8KB2FwcGxpZWQYBSABKAgi9gQKB01lc3NhZ2USEAoCaWQYASABKAlCBOJBAQMSHQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgTiQQEDEioKCWRpcmVjdGlvbhgDIAEoDjIRLnNtcy52MS5EaXJlY3Rpb25CBOJBAQMSEwoLZnJvbV9udW1iZXIYBCABKAkSEQoJdG9fbnVtYmVyGAUgASgJEgwKBGJvZHkYBiABKAkSHAoFbWVkaWEYByADKAsyDS5zbXMudjEuTWVkaWESKwoGc3RhdHVzGAggASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXNCBOJBAQMSMgoOc3RhdHVzX2hpc3RvcnkYCSADKAsyFC5zbXMudjEuU3RhdHVzQ2hhbmdlQgTiQQEDEhgKCmVycm9yX2NvZGUYCiABKAVCBOJBAQMSGwoNZXJyb3JfbWVzc2FnZRgLIAEoCUIE4kEBAxIYCgp0d2lsaW9fc2lkGAwgASgJQgTiQQEDEhMKBW93bmVyGA0gASgJQgTiQQEDEhIKCmNvbnRhY3RfaWQYDiABKAkSEgoKcmVxdWVzdF9pZBgPIAEoCRIWCghhdHRlbXB0cxgQIAEoBUIE4kEBAxIWCghzZWdtZW50cxgRIAEoBUIE4kEBAxITCgVwcmljZRgSIAEoCUIE4kEBAxIYCgpwcmljZV91bml0GBMgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMipQMKDENvbnZlcnNhdGlvbhIQCgJpZBgBIAEoCUIE4kEBAxISCgpvdXJfbnVtYmVyGAIgASgJEhYKDmNvbnRhY3RfbnVtYmVyGAMgASgJEhIKCmNvbnRhY3RfaWQYBCABKAkSDQoFb3duZXIYBSABKAkSHAoUbGFzdF9tZXNzYWdlX3ByZXZpZXcYBiABKAkSNQoRbGFzdF9tZXNzYWdlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKFmxhc3RfbWVzc2FnZV9kaXJlY3Rpb24YCCABKA4yES5zbXMudjEuRGlyZWN0aW9uEhQKDHVucmVhZF9jb3VudBgJIAEoBRIVCg1tZXNzYWdlX2NvdW50GAogASgFEhEKCW9wdGVkX291dBgLIAEoCBI1CgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDIrsBCgVFdmVudBIKCgJpZBgBIAEoCRIfCgR0eXBlGAIgASgOMhEuc21zLnYxLkV2ZW50VHlwZRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiCgdtZXNzYWdlGAQgASgLMg8uc21zLnYxLk1lc3NhZ2VIABIsCgxjb252ZXJzYXRpb24YBSABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uSABCCQoHcGF5bG9hZCpVCglEaXJlY3Rpb24SGQoVRElSRUNUSU9OX1VOU1BFQ0lGSUVEEAASFgoSRElSRUNUSU9OX09VVEJPVU5EEAESFQoRRElSRUNUSU9OX0lOQk9VTkQQAiqsAwoNTWVzc2FnZVN0YXR1cxIeChpNRVNTQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF01FU1NBR0VfU1RBVFVTX0FDQ0VQVEVEEAESHAoYTUVTU0FHRV9TVEFUVVNfU0NIRURVTEVEEAISGQoVTUVTU0FHRV9TVEFUVVNfUVVFVUVEEAMSGgoWTUVTU0FHRV9TVEFUVVNfU0VORElORxAEEhcKE01FU1NBR0VfU1RBVFVTX1NFTlQQBRIcChhNRVNTQUdFX1NUQVRVU19ERUxJVkVSRUQQBhIeChpNRVNTQUdFX1NUQVRVU19VTkRFTElWRVJFRBAHEhkKFU1FU1NBR0VfU1RBVFVTX0ZBSUxFRBAIEhcKE01FU1NBR0VfU1RBVFVTX1JFQUQQCRIcChhNRVNTQUdFX1NUQVRVU19SRUNFSVZJTkcQChIbChdNRVNTQUdFX1NUQVRVU19SRUNFSVZFRBALEhsKF01FU1NBR0VfU1RBVFVTX0NBTkNFTEVEEAwSJgoiTUVTU0FHRV9TVEFUVVNfUEFSVElBTExZX0RFTElWRVJFRBANKowBCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkVWRU5UX1RZUEVfTUVTU0FHRV9DUkVBVEVEEAESHgoaRVZFTlRfVFlQRV9NRVNTQUdFX1VQREFURUQQAhIjCh9FVkVOVF9UWVBFX0NPTlZFUlNBVElPTl9VUERBVEVEEANiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChJzbXMvdjEvdHlwZXMucHJvdG8SBnNtcy52MSIqCgVNZWRpYRILCgN1cmwYASABKAkSFAoMY29udGVudF90eXBlGAIgASgJIpsBCgxTdGF0dXNDaGFuZ2USJQoGc3RhdHVzGAEgASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZXJyb3JfY29kZRgDIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEg8KB2FwcGxpZWQYBSABKAgijAUKB01lc3NhZ2USEAoCaWQYASABKAlCBOJBAQMSHQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgTiQQEDEioKCWRpcmVjdGlvbhgDIAEoDjIRLnNtcy52MS5EaXJlY3Rpb25CBOJBAQMSEwoLZnJvbV9udW1iZXIYBCABKAkSEQoJdG9fbnVtYmVyGAUgASgJEgwKBGJvZHkYBiABKAkSHAoFbWVkaWEYByADKAsyDS5zbXMudjEuTWVkaWESKwoGc3RhdHVzGAggASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXNCBOJBAQMSMgoOc3RhdHVzX2hpc3RvcnkYCSADKAsyFC5zbXMudjEuU3RhdHVzQ2hhbmdlQgTiQQEDEhgKCmVycm9yX2NvZGUYCiABKAVCBOJBAQMSGwoNZXJyb3JfbWVzc2FnZRgLIAEoCUIE4kEBAxIYCgp0d2lsaW9fc2lkGAwgASgJQgTiQQEDEhMKBW93bmVyGA0gASgJQgTiQQEDEhIKCmNvbnRhY3RfaWQYDiABKAkSEgoKcmVxdWVzdF9pZBgPIAEoCRIWCghhdHRlbXB0cxgQIAEoBUIE4kEBAxIWCghzZWdtZW50cxgRIAEoBUIE4kEBAxITCgVwcmljZRgSIAEoCUIE4kEBAxIYCgpwcmljZV91bml0GBMgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSFAoGYXV0aG9yGBYgASgJQgTiQQEDIoEECgxDb252ZXJzYXRpb24SEAoCaWQYASABKAlCBOJBAQMSEgoKb3VyX251bWJlchgCIAEoCRIWCg5jb250YWN0X251bWJlchgDIAEoCRISCgpjb250YWN0X2lkGAQgASgJEg0KBW93bmVyGAUgASgJEhwKFGxhc3RfbWVzc2FnZV9wcmV2aWV3GAYgASgJEjUKEWxhc3RfbWVzc2FnZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxChZsYXN0X21lc3NhZ2VfZGlyZWN0aW9uGAggASgOMhEuc21zLnYxLkRpcmVjdGlvbhIUCgx1bnJlYWRfY291bnQYCSABKAUSFQoNbWVzc2FnZV9jb3VudBgKIAEoBRIRCglvcHRlZF9vdXQYCyABKAgSNQoLY3JlYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIUCgxjb250YWN0X25hbWUYDiABKAkSDgoGbGFiZWxzGA8gAygJEjQKEmFzc2lnbm1lbnRfaGlzdG9yeRgQIAMoCzISLnNtcy52MS5Bc3NpZ25tZW50QgTiQQEDInEKCkFzc2lnbm1lbnQSDQoFYWN0b3IYASABKAkSFQoNZnJvbV9hc3NpZ25lZRgCIAEoCRITCgt0b19hc3NpZ25lZRgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK7AQoFRXZlbnQSCgoCaWQYASABKAkSHwoEdHlwZRgCIAEoDjIRLnNtcy52MS5FdmVudFR5cGUSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHbWVzc2FnZRgEIAEoCzIPLnNtcy52MS5NZXNzYWdlSAASLAoMY29udmVyc2F0aW9uGAUgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkgAQgkKB3BheWxvYWQqaQoJRGlyZWN0aW9uEhkKFURJUkVDVElPTl9VTlNQRUNJRklFRBAAEhYKEkRJUkVDVElPTl9PVVRCT1VORBABEhUKEURJUkVDVElPTl9JTkJPVU5EEAISEgoORElSRUNUSU9OX05PVEUQAyqsAwoNTWVzc2FnZVN0YXR1cxIeChpNRVNTQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF01FU1NBR0VfU1RBVFVTX0FDQ0VQVEVEEAESHAoYTUVTU0FHRV9TVEFUVVNfU0NIRURVTEVEEAISGQoVTUVTU0FHRV9TVEFUVVNfUVVFVUVEEAMSGgoWTUVTU0FHRV9TVEFUVVNfU0VORElORxAEEhcKE01FU1NBR0VfU1RBVFVTX1NFTlQQBRIcChhNRVNTQUdFX1NUQVRVU19ERUxJVkVSRUQQBhIeChpNRVNTQUdFX1NUQVRVU19VTkRFTElWRVJFRBAHEhkKFU1FU1NBR0VfU1RBVFVTX0ZBSUxFRBAIEhcKE01FU1NBR0VfU1RBVFVTX1JFQUQQCRIcChhNRVNTQUdFX1NUQVRVU19SRUNFSVZJTkcQChIbChdNRVNTQUdFX1NUQVRVU19SRUNFSVZFRBALEhsKF01FU1NBR0VfU1RBVFVTX0NBTkNFTEVEEAwSJgoiTUVTU0FHRV9TVEFUVVNfUEFSVElBTExZX0RFTElWRVJFRBANKowBCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkVWRU5UX1RZUEVfTUVTU0FHRV9DUkVBVEVEEAESHgoaRVZFTlRfVFlQRV9NRVNTQUdFX1VQREFURUQQAhIjCh9FVkVOVF9UWVBFX0NPTlZFUlNBVElPTl9VUERBVEVEEANiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * One media attachment of an MMS.
@@ -204,6 +204,13 @@ export type Message = Message$1<"sms.v1.Message"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 21;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Who wrote it: the user who sent an outbound message or wrote a note; empty for inbound.
+   *
+   * @generated from field: string author = 22;
+   */
+  author: string;
 };
 
 /**
@@ -286,6 +293,27 @@ export type Conversation = Message$1<"sms.v1.Conversation"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 13;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * The contact's name, as the CRM or an agent set it (UpdateConversation); empty when unknown.
+   *
+   * @generated from field: string contact_name = 14;
+   */
+  contactName: string;
+
+  /**
+   * Free labels such as "vip" (UpdateConversation).
+   *
+   * @generated from field: repeated string labels = 15;
+   */
+  labels: string[];
+
+  /**
+   * Every change of assignee, oldest first (AssignConversation, or a reply that claimed it).
+   *
+   * @generated from field: repeated sms.v1.Assignment assignment_history = 16;
+   */
+  assignmentHistory: Assignment[];
 };
 
 /**
@@ -294,6 +322,46 @@ export type Conversation = Message$1<"sms.v1.Conversation"> & {
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
   messageDesc(file_sms_v1_types, 3);
+
+/**
+ * One change of a conversation's assignee (its `owner`).
+ *
+ * @generated from message sms.v1.Assignment
+ */
+export type Assignment = Message$1<"sms.v1.Assignment"> & {
+  /**
+   * The user who made the change.
+   *
+   * @generated from field: string actor = 1;
+   */
+  actor: string;
+
+  /**
+   * The assignee before; empty: unassigned.
+   *
+   * @generated from field: string from_assignee = 2;
+   */
+  fromAssignee: string;
+
+  /**
+   * The assignee after; empty: unassigned.
+   *
+   * @generated from field: string to_assignee = 3;
+   */
+  toAssignee: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 4;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message sms.v1.Assignment.
+ * Use `create(AssignmentSchema)` to create a new message.
+ */
+export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
+  messageDesc(file_sms_v1_types, 4);
 
 /**
  * A state change, carrying the message or conversation as it is after the change.
@@ -341,7 +409,7 @@ export type Event = Message$1<"sms.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_sms_v1_types, 4);
+  messageDesc(file_sms_v1_types, 5);
 
 /**
  * Direction of a message as seen from our side.
@@ -367,6 +435,14 @@ export enum Direction {
    * @generated from enum value: DIRECTION_INBOUND = 2;
    */
   INBOUND = 2,
+
+  /**
+   * An internal note written by an agent in the thread: stored, listed, searched and streamed like any
+   * message, visible to whoever may see the conversation, never sent to Twilio (no status, no numbers).
+   *
+   * @generated from enum value: DIRECTION_NOTE = 3;
+   */
+  NOTE = 3,
 }
 
 /**

@@ -1,0 +1,244 @@
+"""Benchmark of ListConversations' filters and query and of SearchMessages, at two sizes on the embedded store.
+
+Starts its own embedded SecantusDB and Valkey and `sms-gateway server` on free ports, seeds two databases
+directly through bulk inserts (the stored shape the server writes, search terms included: server/store.py), one
+at --conversations / --messages and one at a tenth of that, runs each call --calls times against each, and
+prints p50/p99 and the ratio of the large to the small one (target: p99 < 50 ms, ratio within 1.5x).
+
+    .venv/bin/python bench/list_paging.py [--conversations 10000] [--messages 100000] [--calls 50] [--json PATH]
+    .venv/bin/python bench/list_paging.py --conversations 500 --messages 2000 --calls 5   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pymongo import MongoClient
+from sms.v1 import sms_pb2, sms_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its packages and tests.support
+
+from server.auth import mint_token
+from server.config import without_settings
+from server.documents import conversation_id, preview
+from server.embedded import start_mongo, start_redis
+from server.search import text_terms
+from server.store import Store, conversation_search_fields
+from tests.support.launch import start_server
+
+JWT_SECRET = "bench-jwt-secret-of-at-least-32-bytes"
+INGEST_SECRET = "bench-ingest-secret-of-at-least-32-bytes"
+OUR_NUMBER = "+15005550006"
+AGENTS = [f"agent{i}" for i in range(50)]
+FIRST = ["Maria", "John", "Wei", "Aisha", "Carlos", "Olga", "Kenji", "Fatima", "Liam", "Zoë", "Noah", "Priya"]
+LAST = ["Garcia", "Smith", "Chen", "Khan", "Silva", "Ivanova", "Sato", "Haddad", "Murphy", "Müller", "Patel"]
+VOCAB = (
+    "order shipped delivery refund invoice payment tomorrow thanks please confirm appointment schedule "
+    "question account password address change cancel update status tracking number received late early "
+    "price discount coupon help support manager callback weekend morning evening store pickup"
+).split()
+
+
+def seed(uri: str, db_name: str, conversations: int, messages: int, rng: random.Random) -> None:
+    """Conversations over the last 30 days, `messages` spread over them, stored as the server stores them."""
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True)
+    db = client[db_name]
+    end = datetime.now(UTC)
+    per = max(messages // conversations, 1)
+    convs: list[dict[str, Any]] = []
+    msgs: list[dict[str, Any]] = []
+    for i in range(conversations):
+        number = f"+1{rng.choice(['415', '628', '650', '212'])}555{i:04d}"[:12] if i < 10_000 else f"+1303{i:07d}"
+        owner = "" if rng.random() < 0.2 else rng.choice(AGENTS)
+        last_at = end - timedelta(seconds=rng.uniform(0, 30 * 86400))
+        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}" if rng.random() < 0.7 else ""
+        cid = conversation_id(OUR_NUMBER, number)
+        body = ""
+        for k in range(per):
+            body = " ".join(rng.choice(VOCAB) for _ in range(8)) + f" #{i}-{k}"
+            created = last_at - timedelta(minutes=10 * (per - 1 - k))
+            msgs.append(
+                {
+                    "conversation_id": cid,
+                    "direction": "inbound" if k % 2 else "outbound",
+                    "from": number,
+                    "to": OUR_NUMBER,
+                    "body": body,
+                    "media": [],
+                    "status": "received" if k % 2 else "delivered",
+                    "status_history": [],
+                    "owner": owner,
+                    "contact_id": f"crm-{i}",
+                    "attempts": 0,
+                    "created": created,
+                    "updated": created,
+                    "search_terms": text_terms(body),
+                }
+            )
+        shown = preview(body, 0)
+        convs.append(
+            {
+                "_id": cid,
+                "our_number": OUR_NUMBER,
+                "contact_number": number,
+                "contact_id": f"crm-{i}",
+                "contact_name": name,
+                "labels": ["vip"] if rng.random() < 0.05 else [],
+                "owner": owner,
+                "last_message_preview": shown,
+                "last_message_at": last_at,
+                "last_message_direction": "inbound",
+                "unread_count": rng.choice([0, 0, 1, 3]),
+                "message_count": per,
+                "opted_out": rng.random() < 0.03,
+                "created": last_at,
+                "updated": last_at,
+                **conversation_search_fields(number, name, shown),
+            }
+        )
+    for batch in range(0, len(convs), 1000):
+        db.conversations.insert_many(convs[batch : batch + 1000], ordered=False)
+    for batch in range(0, len(msgs), 1000):
+        db.messages.insert_many(msgs[batch : batch + 1000], ordered=False)
+
+
+CASES: list[tuple[str, str, str, str, str]] = [
+    # name, role, user, filter, query
+    ("admin: no filter", "admin", "admin", "", ""),
+    ("agent: no filter", "agent", "agent7", "", ""),
+    ("admin: unread", "admin", "admin", "unread", ""),
+    ("agent: unread", "agent", "agent7", "unread", ""),
+    ("admin: unassigned", "admin", "admin", "unassigned", ""),
+    ("admin: opted_out", "admin", "admin", "opted_out", ""),
+    ("admin: label = vip", "admin", "admin", 'label = "vip"', ""),
+    ("agent: label = vip", "agent", "agent7", 'label = "vip"', ""),
+    ("admin: assignee", "admin", "admin", 'assignee = "agent7"', ""),
+    ("service: contact_id", "service", "crm", 'contact_id = "crm-42"', ""),
+    ("admin: query name", "admin", "admin", "", "maria"),
+    ("agent: query name", "agent", "agent7", "", "maria garcia"),
+    ("admin: query number", "admin", "admin", "", "(415) 555-00"),
+    ("admin: query preview word", "admin", "admin", "", "refund"),
+]
+SEARCHES = [
+    ("search: admin common word", "admin", "admin", "refund"),
+    ("search: agent two words", "agent", "agent7", "refund tomorrow"),
+    ("search: admin rare", "admin", "admin", "#42-3"),
+]
+
+
+async def measure(addr: str, calls: int, page_size: int) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = sms_pb2_grpc.SmsServiceStub(ch)
+
+        async def timed(name: str, call: Any) -> None:
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                resp = await call()
+                times.append((time.perf_counter() - t) * 1000)
+            times.sort()
+            out[name] = {
+                "p50_ms": statistics.median(times),
+                "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+                "results": float(len(getattr(resp, "conversations", None) or getattr(resp, "hits", []))),
+            }
+
+        for name, role, user, flt, query in CASES:
+            md = (("authorization", f"Bearer {mint_token(JWT_SECRET, user, role)}"),)
+            req = sms_pb2.ListConversationsRequest(filter=flt, query=query, page_size=page_size)
+            await timed(name, lambda req=req, md=md: stub.ListConversations(req, metadata=md))
+        for name, role, user, query in SEARCHES:
+            md = (("authorization", f"Bearer {mint_token(JWT_SECRET, user, role)}"),)
+            sreq = sms_pb2.SearchMessagesRequest(query=query, page_size=page_size)
+            await timed(name, lambda sreq=sreq, md=md: stub.SearchMessages(sreq, metadata=md))
+    return out
+
+
+async def _indexes(uri: str, db_name: str) -> None:
+    store = Store.connect(uri, db_name)
+    try:
+        await store.ensure_indexes()
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=50, help="calls per case and size")
+    parser.add_argument("--page-size", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    rng = random.Random(11)
+    with tempfile.TemporaryDirectory(prefix="bench-list-") as tmp:
+        # On disk: the in-memory store's cache cannot hold 100,000 messages with their search-term index.
+        mongo = start_mongo(Path(tmp) / "mongo")
+        redis_server = start_redis(Path(tmp))
+        results: dict[str, Any] = {"conversations": args.conversations, "messages": args.messages}
+        try:
+            sizes = {
+                "large": (args.conversations, args.messages),
+                "small": (args.conversations // 10, args.messages // 10),
+            }
+            for label, (n_conv, n_msg) in sizes.items():
+                db_name = f"bench_{label}_{uuid.uuid4().hex[:6]}"
+                t = time.perf_counter()
+                # Indexes first, kept up by the inserts: building them over the seeded data outlasts the server's
+                # start-up wait.
+                asyncio.run(_indexes(mongo.uri, db_name))
+                seed(mongo.uri, db_name, n_conv, n_msg, rng)
+                print(f"seeded {label}: {n_conv} conversations, {n_msg} messages in {time.perf_counter() - t:.1f} s")
+                env = without_settings(os.environ)
+                env.update(
+                    MONGODB_URI=mongo.uri,
+                    MONGODB_DB=db_name,
+                    REDIS_URL=redis_server.uri,
+                    SMS_JWT_SECRET=JWT_SECRET,
+                    SMS_INGEST_SECRET=INGEST_SECRET,
+                    TWILIO_FROM_NUMBER=OUR_NUMBER,
+                )
+                proc, addr = start_server(env)  # creates the indexes over the seeded data
+                try:
+                    results[label] = asyncio.run(measure(addr, args.calls, args.page_size))
+                finally:
+                    proc.stop()
+        finally:
+            redis_server.stop()
+            mongo.stop()
+    print(f"\n{'case':32s} {'p50 ms':>8s} {'p99 ms':>8s} {'rows':>5s} | {'small p99':>9s} {'ratio p99':>9s}")
+    worst = 0.0
+    for name, fig in results["large"].items():
+        small = results["small"][name]
+        ratio = fig["p99_ms"] / max(small["p99_ms"], 0.001)
+        fig["ratio_p99_to_small"] = ratio
+        worst = max(worst, fig["p99_ms"])
+        print(
+            f"{name:32s} {fig['p50_ms']:8.1f} {fig['p99_ms']:8.1f} {int(fig['results']):5d} | "
+            f"{small['p99_ms']:9.1f} {ratio:8.2f}x"
+        )
+    results["worst_p99_ms"] = worst
+    results["target_met"] = worst < 50 and all(f["ratio_p99_to_small"] <= 1.5 for f in results["large"].values())
+    print(
+        f"\nworst p99 {worst:.1f} ms; target (p99 < 50 ms, within 1.5x): {'met' if results['target_met'] else 'missed'}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
