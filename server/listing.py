@@ -95,6 +95,10 @@ async def list_conversations(
         eq["labels"] = flt.labels[0]
     elif words:
         eq["search_terms"] = search.driving_term(words)
+    elif flt.opted_out:
+        eq["opted_out"] = True  # an indexed flag (store.py); `keep` still checks every term
+    elif flt.unread:
+        eq["unread"] = True
     drivers = [eq] if owners is None else [{"owner": o, **eq} for o in owners]
     keep = _keeper(flt, words, owners)
     docs = await store.scan_conversations(drivers, after, limit + 1, keep)

@@ -49,6 +49,13 @@ def conversation_search_fields(contact_number: str, contact_name: str, preview_t
     return {**parts, "search_terms": sorted({t for terms in parts.values() for t in terms})}
 
 
+def conversation_flag_fields(unread_count: int) -> Fields:
+    """The stored flags of a conversation with this unread count: `unread` is what ListConversations' `unread`
+    filter drives its index from (SecantusDB serves only equalities an index covers, not `unread_count > 0`).
+    Every write of `unread_count` writes it in the same update."""
+    return {"unread": unread_count > 0}
+
+
 def _terms_update(fields: Mapping[str, Any], inc: Mapping[str, int]) -> list[Fields]:
     """An update (a pipeline) that sets `fields` (values taken literally), adds `inc`, and recomputes
     `search_terms` from the term parts as they then are: atomic with respect to the other writers of a part."""
@@ -129,6 +136,19 @@ class Store:
             await self.conversations.create_index(
                 [("owner", ASCENDING), (key, ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
             )
+        # The filter's flags (`opted_out`, and `unread`, see conversation_flag_fields), for the same scans: only
+        # the flagged rows of a time window are read, however few they are.
+        for key in ("opted_out", "unread"):
+            await self.conversations.create_index(
+                [(key, ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
+            )
+            await self.conversations.create_index(
+                [("owner", ASCENDING), (key, ASCENDING), ("last_message_at", DESCENDING), ("_id", DESCENDING)]
+            )
+        # Conversations stored before the `unread` flag existed get it (once: afterwards none match).
+        await self.conversations.update_many(
+            {"unread": {"$exists": False}, "unread_count": {"$gt": 0}}, {"$set": conversation_flag_fields(1)}
+        )
         # SearchMessages (scan_messages).
         await self.messages.create_index([("search_terms", ASCENDING), ("created", DESCENDING), ("_id", DESCENDING)])
         await self.messages.create_index(
@@ -145,6 +165,7 @@ class Store:
         fields = conversation_search_fields(
             doc["contact_number"], doc.get("contact_name", ""), doc["last_message_preview"]
         )
+        fields.update(conversation_flag_fields(doc["unread_count"]))
         try:
             await self.conversations.insert_one(cast(ConversationDoc, {**doc, **fields}))
             return doc
@@ -212,8 +233,12 @@ class Store:
         newest (a note is counted but never becomes the last message)."""
         created: datetime = message["created"]
         inc = {"message_count": 1, **({"unread_count": 1} if unread else {})}
+        # An unread message leaves the count above zero whatever it was: the flag follows in the same update.
+        flags = conversation_flag_fields(1) if unread else {}
         if not latest:
-            await self.conversations.update_one({"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}})
+            await self.conversations.update_one(
+                {"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **flags, **extra}}
+            )
             return
         shown = preview(message.get("body", ""), len(message.get("media", [])))
         last = {
@@ -222,6 +247,7 @@ class Store:
             "last_message_direction": message["direction"],
             "preview_terms": text_terms(shown),
             "updated": now(),
+            **flags,
             **extra,
         }
         # Conditional on time so concurrent writers never put an older message on top.
@@ -229,7 +255,9 @@ class Store:
             {"_id": cid, "last_message_at": {"$lte": created}}, _terms_update(last, inc)
         )
         if result.matched_count == 0:
-            await self.conversations.update_one({"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **extra}})
+            await self.conversations.update_one(
+                {"_id": cid}, {"$inc": inc, "$set": {"updated": now(), **flags, **extra}}
+            )
 
     async def set_opted_out(self, cid: str, opted_out: bool) -> bool:
         """Sets the flag; True when it changed."""
@@ -241,7 +269,8 @@ class Store:
     async def mark_read(self, cid: str) -> bool:
         """Zeroes the unread count; True when it was not zero."""
         result = await self.conversations.update_one(
-            {"_id": cid, "unread_count": {"$ne": 0}}, {"$set": {"unread_count": 0, "updated": now()}}
+            {"_id": cid, "unread_count": {"$ne": 0}},
+            {"$set": {"unread_count": 0, **conversation_flag_fields(0), "updated": now()}},
         )
         return result.modified_count == 1
 

@@ -131,6 +131,29 @@ async def test_each_filter_term(sms: Stub, ingest: ingest_pb2_grpc.SmsIngestServ
     assert set(await listed(sms, ADMIN, f'assignee = "{agent}" AND opted_out')) == {stopped}
 
 
+async def test_flag_filters_follow_reads_and_opt_outs(
+    sms: Stub, ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub
+) -> None:
+    """`unread` and `opted_out` start from indexed flags (store.py): every change of the state moves them."""
+    marker = word()
+    number = await inbound(ingest, f"hello {marker}")
+    (cid,) = await listed(sms, ADMIN, "unread", marker)
+    await sms.MarkConversationRead(sms_pb2.MarkConversationReadRequest(conversation_id=cid), metadata=ADMIN)
+    assert await listed(sms, ADMIN, "unread", marker) == []
+    assert cid not in await listed(sms, ADMIN, "unread")
+    assert await listed(sms, ADMIN, "NOT unread", marker) == [cid]
+    await inbound(ingest, f"again {marker}", number=number)
+    assert await listed(sms, ADMIN, "unread", marker) == [cid]
+    await inbound(ingest, "STOP", number=number)  # the keyword alone; the number finds it from here on
+    assert await listed(sms, ADMIN, "opted_out", number) == [cid]
+    assert cid in await listed(sms, ADMIN, "opted_out")  # without a query: from the flag's own index
+    await inbound(ingest, "START", number=number)
+    assert await listed(sms, ADMIN, "opted_out", number) == []
+    assert cid not in await listed(sms, ADMIN, "opted_out")
+    assert cid in await listed(sms, ADMIN, "unread")
+    assert await listed(sms, ADMIN, "NOT opted_out AND unread", number) == [cid]
+
+
 async def test_unassigned_filter(sms: Stub, ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub) -> None:
     marker = word()
     number = await inbound(ingest, f"hello {marker}")
