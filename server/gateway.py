@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from bson import ObjectId
 from sms.v1 import types_pb2
 
 from server import limits, listing, paging
@@ -27,7 +26,6 @@ from server.documents import (
     MessageDoc,
     StatusEntry,
     conversation_id,
-    message_oid,
     new_conversation,
     new_inbound,
     new_outbound,
@@ -114,6 +112,22 @@ def _in_history(doc: MessageDoc, status: str) -> bool:
     return any(h["status"] == status for h in doc.get("status_history", []))
 
 
+def request_key_of(caller: Caller, request_id: str) -> str:
+    """The idempotency key of a request id (AIP-155): per user, the sender's, which differs from the owner when an
+    admin sends; Send and AddNote share the key space. Empty without a request id."""
+    return f"{caller.user_id}\x1f{request_id}" if request_id else ""
+
+
+def _same_payload(fingerprint: str) -> Callable[[MessageDoc], Awaitable[None]]:
+    """The check that a repeated request id carries the payload it was first used with."""
+
+    async def check(earlier: MessageDoc) -> None:
+        if earlier.get("fingerprint") != fingerprint:
+            raise AlreadyExists("request_id was already used with a different payload", Reason.REQUEST_ID_REUSED)
+
+    return check
+
+
 @dataclass(frozen=True)
 class SendInput:
     """What a caller asked Send to do, validated and normalised."""
@@ -197,17 +211,10 @@ class Gateway:
         so a client retrying what was accepted is never refused for it.
         """
         fingerprint = req.fingerprint()
-        # Keys are per user: the sender's, which differs from the owner when an admin sends.
-        request_key = f"{caller.user_id}\x1f{req.request_id}" if req.request_id else ""
-
-        async def same_request(earlier: MessageDoc) -> None:
-            if earlier.get("fingerprint") != fingerprint:
-                raise AlreadyExists("request_id was already used with a different payload", Reason.REQUEST_ID_REUSED)
-
-        if request_key:
-            earlier = await self.store.find_by_request(request_key)
-            if earlier is not None:
-                return await self._repeat(earlier, same_request)
+        request_key = request_key_of(caller, req.request_id)
+        repeat = await self.earlier_request(request_key, fingerprint)
+        if repeat is not None:
+            return repeat
         check_destination(req.to, self.cfg.allowed_countries, self.cfg.allow_premium_numbers)
         if admit is not None:
             await admit()
@@ -225,7 +232,7 @@ class Gateway:
             request_key=request_key,
             at=now(),
         )
-        return await self._store_once(doc, lambda: self.store.find_by_request(request_key), same_request)
+        return await self.store_request(doc, request_key, fingerprint)
 
     # Storing a new message once, and what follows it
 
@@ -247,6 +254,17 @@ class Gateway:
         if earlier is None:
             raise Aborted("a message with the same key was stored and is gone; retry", Reason.CONCURRENT_UPDATE)
         return await self._repeat(earlier, check_earlier)
+
+    async def earlier_request(self, request_key: str, fingerprint: str) -> tuple[MessageDoc, bool] | None:
+        """The answer to a repeated request id (Send, AddNote): the stored message; None for a new key."""
+        if not request_key:
+            return None
+        earlier = await self.store.find_by_request(request_key)
+        return None if earlier is None else await self._repeat(earlier, _same_payload(fingerprint))
+
+    async def store_request(self, doc: MessageDoc, request_key: str, fingerprint: str) -> tuple[MessageDoc, bool]:
+        """Stores a new message made under `request_key`; a concurrent twin with the same key answers the first."""
+        return await self._store_once(doc, lambda: self.store.find_by_request(request_key), _same_payload(fingerprint))
 
     async def _repeat(
         self, earlier: MessageDoc, check_earlier: Callable[[MessageDoc], Awaitable[None]] | None
@@ -338,14 +356,8 @@ class Gateway:
 
     async def list_messages(self, caller: Caller, cid: str, size: int, token: str) -> tuple[list[MessageDoc], str]:
         limit = paging.page_size(size)
-        position = paging.decode_token("messages", token)
+        after = paging.decode_message_token("messages", token)
         conv = await self.conversation_for(caller, cid)
-        after: tuple[datetime, ObjectId] | None = None
-        if position is not None:
-            oid = message_oid(position[1])
-            if oid is None:
-                raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
-            after = (position[0], oid)
         docs = await self.store.list_messages(conv["_id"], after, limit + 1)
         return _page(
             "messages", docs, limit, lambda d: (d["created"], str(d["_id"])), lambda d: message_to_proto(d).ByteSize()

@@ -16,8 +16,8 @@ from server import limits
 from server.assignment import check_assign, check_update, is_claim
 from server.auth import Caller
 from server.documents import UNASSIGNED, ConversationDoc, Fields, MessageDoc, assignment_entry, new_note
-from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from server.gateway import Gateway
+from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.gateway import Gateway, request_key_of
 from server.reasons import Reason
 from server.timeutil import now
 from server.visibility import visible_owners
@@ -155,17 +155,10 @@ class Inbox:
         limits.text("request_id", request_id, limits.REQUEST_ID_BYTES)
         conv = await self.gateway.conversation_for(caller, cid)
         fingerprint = hashlib.sha256(json.dumps(["note", cid, body]).encode()).hexdigest()
-        request_key = f"{caller.user_id}\x1f{request_id}" if request_id else ""
-
-        async def same_request(earlier: MessageDoc) -> None:
-            if earlier.get("fingerprint") != fingerprint:
-                raise AlreadyExists("request_id was already used with a different payload", Reason.REQUEST_ID_REUSED)
-
-        if request_key:
-            earlier = await self.store.find_by_request(request_key)
-            if earlier is not None:
-                await same_request(earlier)
-                return earlier, True
+        request_key = request_key_of(caller, request_id)
+        repeat = await self.gateway.earlier_request(request_key, fingerprint)
+        if repeat is not None:
+            return repeat
         doc = new_note(
             conv,
             author=caller.user_id,
@@ -175,7 +168,7 @@ class Inbox:
             request_key=request_key,
             at=now(),
         )
-        return await self.gateway._store_once(doc, lambda: self.store.find_by_request(request_key), same_request)
+        return await self.gateway.store_request(doc, request_key, fingerprint)
 
     # GetInboxSummary
 

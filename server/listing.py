@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import datetime
-
-from bson import ObjectId
 
 from server import paging, search
 from server.auth import Caller
 from server.config import Config
-from server.documents import UNASSIGNED, ConversationDoc, Fields, MessageDoc, message_oid
+from server.documents import UNASSIGNED, ConversationDoc, Fields, MessageDoc
 from server.errors import InvalidArgument, PermissionDenied
 from server.filters import ConversationFilter, parse
 from server.reasons import Reason
@@ -118,13 +115,7 @@ async def search_messages(
         raise InvalidArgument("query", "required", Reason.INVALID_QUERY)
     limit = paging.page_size(size)
     kind = _scope("message-hits", " ".join(words))
-    position = paging.decode_token(kind, token)
-    after: tuple[datetime, ObjectId] | None = None
-    if position is not None:
-        oid = message_oid(position[1])
-        if oid is None:
-            raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
-        after = (position[0], oid)
+    after = paging.decode_message_token(kind, token)
     owners = visible_owners(cfg, caller)
     eq: Fields = {"search_terms": search.driving_term(words)}
     drivers = [eq] if owners is None else [{"owner": o, **eq} for o in owners]

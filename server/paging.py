@@ -6,7 +6,10 @@ import base64
 import json
 from datetime import datetime
 
+from bson import ObjectId
+
 from server import limits
+from server.documents import message_oid
 from server.errors import InvalidArgument
 from server.reasons import Reason
 from server.timeutil import from_ms, to_ms
@@ -51,3 +54,14 @@ def decode_token(kind: str, token: str) -> tuple[datetime, str] | None:
     if k != kind or not in_range or not isinstance(key, str):
         raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
     return from_ms(ms), key
+
+
+def decode_message_token(kind: str, token: str) -> tuple[datetime, ObjectId] | None:
+    """`decode_token` for lists of messages, whose positions end in a message's ObjectId."""
+    position = decode_token(kind, token)
+    if position is None:
+        return None
+    oid = message_oid(position[1])
+    if oid is None:
+        raise InvalidArgument("page_token", "malformed page token", Reason.INVALID_PAGE_TOKEN)
+    return position[0], oid
