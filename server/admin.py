@@ -13,6 +13,7 @@ from sms.v1 import sms_pb2
 
 from server import status as st
 from server.config import TWILIO_SETTINGS, Config
+from server.documents import MessageDoc
 from server.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
 from server.gateway import Gateway
 from server.limits import timestamp
@@ -60,7 +61,11 @@ class Admin:
         age = Duration()
         if oldest is not None:
             age.FromTimedelta(max(t - oldest, timedelta(0)))
+        scheduled = await self.store.count_scheduled_after(t)
+        senders = self._senders(await self.store.backlog(t))
         return sms_pb2.GetQueueStatsResponse(
+            scheduled=scheduled,
+            senders=senders,
             queued=queued,
             in_progress=in_progress,
             retrying=retrying,
@@ -73,6 +78,26 @@ class Admin:
             worker_healthy=health is not None,
             worker_health=health.decode(errors="replace") if isinstance(health, bytes) else (health or ""),
         )
+
+    def _senders(self, backlog: list[MessageDoc]) -> list[sms_pb2.SenderBacklog]:
+        """Each sender's backlog and the time to drain it at SMS_SENDER_MPS (zero when unpaced)."""
+        counts: dict[str, list[int]] = {}
+        for doc in backlog:
+            entry = counts.setdefault(doc.get("from", ""), [0, 0])
+            entry[0] += 1
+            entry[1] += max(1, int(doc.get("segments") or 1))
+        rate = self.cfg.sender_mps
+        result = []
+        for sender, (messages, segments) in sorted(counts.items()):
+            drain = Duration()
+            if rate > 0:
+                drain.FromTimedelta(timedelta(seconds=segments / rate))
+            result.append(
+                sms_pb2.SenderBacklog(
+                    sender=sender, messages=messages, segments=segments, segments_per_second=rate, drain_time=drain
+                )
+            )
+        return result
 
     async def _client(self) -> TwilioClient:
         async with self._lock:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.limits import EVENT_BYTES
+from server.quiet_hours import QuietHours
 
 
 class ConfigError(Exception):
@@ -38,6 +39,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
     return value
+
+
+def _quiet_hours(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "").strip()
+    if raw:
+        try:
+            QuietHours.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return raw
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -126,6 +137,12 @@ class Config:
     allowed_countries: tuple[str, ...] = ("US", "CA")
     allow_premium_numbers: bool = False
 
+    # Sending rules: how far ahead a send may be scheduled; quiet hours in the contact's local time ("21:00-08:00",
+    # empty: off); each sender's pace in segments per second across all workers (0: unpaced).
+    schedule_max_days: int = 35
+    quiet_hours: str = ""
+    sender_mps: float = 0.0
+
     # Queue and worker.
     arq_queue: str = "arq:queue"
     send_concurrency: int = 20
@@ -208,6 +225,9 @@ class Config:
             send_burst_per_user=_int(e, "SMS_SEND_BURST_PER_USER", cls.send_burst_per_user, minimum=1),
             allowed_countries=_countries(e, "SMS_ALLOWED_COUNTRIES", cls.allowed_countries),
             allow_premium_numbers=_bool(e, "SMS_ALLOW_PREMIUM_NUMBERS", cls.allow_premium_numbers),
+            schedule_max_days=_int(e, "SMS_SCHEDULE_MAX_DAYS", cls.schedule_max_days, minimum=1),
+            quiet_hours=_quiet_hours(e, "SMS_QUIET_HOURS"),
+            sender_mps=_float(e, "SMS_SENDER_MPS", cls.sender_mps),
             arq_queue=e.get("SMS_ARQ_QUEUE") or cls.arq_queue,
             send_concurrency=_int(e, "SMS_SEND_CONCURRENCY", cls.send_concurrency, minimum=1),
             twilio_max_concurrency=_int(e, "TWILIO_MAX_CONCURRENCY", cls.twilio_max_concurrency, minimum=1),

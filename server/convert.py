@@ -6,6 +6,7 @@ from sms.v1 import types_pb2
 
 from server import status as st
 from server.documents import ConversationDoc, MessageDoc
+from server.segments import GSM7, UCS2
 from server.timeutil import to_timestamp
 
 _DIRECTION = {
@@ -13,6 +14,12 @@ _DIRECTION = {
     "inbound": types_pb2.DIRECTION_INBOUND,
     "note": types_pb2.DIRECTION_NOTE,
 }
+
+_SCHEDULE_REASON = {
+    "requested": types_pb2.SCHEDULE_REASON_REQUESTED,
+    "quiet_hours": types_pb2.SCHEDULE_REASON_QUIET_HOURS,
+}
+_ENCODING = {GSM7: types_pb2.ENCODING_GSM7, UCS2: types_pb2.ENCODING_UCS2}
 
 
 def message_to_proto(doc: MessageDoc) -> types_pb2.Message:
@@ -52,6 +59,11 @@ def message_to_proto(doc: MessageDoc) -> types_pb2.Message:
         update_time=to_timestamp(doc.get("updated")),
         # Outbound messages stored before `author` existed name their sender.
         author=doc.get("author") or doc.get("sender") or "",
+        scheduled_time=to_timestamp(doc.get("send_at")),
+        schedule_reason=_SCHEDULE_REASON.get(doc.get("schedule_reason", ""), types_pb2.SCHEDULE_REASON_UNSPECIFIED),
+        encoding=_ENCODING.get(doc.get("encoding", ""), types_pb2.ENCODING_UNSPECIFIED),
+        retry_of=doc.get("retry_of") or "",
+        retried_by=doc.get("retried_by") or "",
     )
     return msg
 
@@ -83,4 +95,5 @@ def conversation_to_proto(doc: ConversationDoc) -> types_pb2.Conversation:
             )
             for a in doc.get("assignment_history") or []
         ],
+        time_zone=doc.get("time_zone") or "",
     )

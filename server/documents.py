@@ -117,8 +117,18 @@ MessageDoc = TypedDict(
         "error_message": str,
         # Inbound: the webhook's other parameters.
         "params": list[ParamDoc],
+        # Outbound: the body's encoding ("GSM-7" or "UCS-2", server/segments.py); `segments` is counted with it.
+        "encoding": str,
+        # A SCHEDULED message: when it is due, and why it waits ("requested": send later; "quiet_hours").
+        "send_at": datetime,
+        "schedule_reason": str,
+        # RetryMessage's links: the failed message this one sends again, and the message that sent this one again.
+        "retry_of": str,
+        "retried_by": str,
         # The worker's bookkeeping.
         "in_flight": InFlight | None,
+        # A Twilio slot reserved by per-sender pacing for a later run (server/worker/pacing.py).
+        "paced_until": datetime | None,
         "retry_at": datetime | None,
         "send_due": datetime | None,
         "sent_at": datetime | None,
@@ -160,6 +170,8 @@ class ConversationDoc(TypedDict):
     # Absent on conversations stored before they existed: read with .get().
     contact_name: NotRequired[str]
     labels: NotRequired[list[str]]
+    # The contact's IANA time zone for quiet hours, when set (UpdateConversation); else the number's zones apply.
+    time_zone: NotRequired[str]
     # Oldest first; the latest ASSIGNMENT_HISTORY_MAX changes.
     assignment_history: NotRequired[list[AssignmentEntry]]
 
@@ -247,11 +259,24 @@ def new_outbound(
     fingerprint: str,
     request_id: str,
     request_key: str,
+    encoding: str,
+    segments: int,
     at: datetime,
+    send_at: datetime | None = None,
+    schedule_reason: str = "",
+    retry_of: str = "",
 ) -> MessageDoc:
-    """A message Send accepted: QUEUED, pending until its effects and send job are applied."""
+    """A message Send accepted: QUEUED, or SCHEDULED for `send_at`; pending until its effects and job are applied."""
     media: list[MediaDoc] = [{"url": u, "content_type": ""} for u in media_urls]
-    doc = _new_message(conv, "outbound", from_number, to, body, media, st.QUEUED, at, at)
+    status = st.QUEUED if send_at is None else st.SCHEDULED
+    doc = _new_message(conv, "outbound", from_number, to, body, media, status, at, at)
+    if send_at is not None:
+        doc["send_at"] = send_at
+        doc["schedule_reason"] = schedule_reason
+    if retry_of:
+        doc["retry_of"] = retry_of
+    doc["encoding"] = encoding
+    doc["segments"] = segments
     doc["sender"] = sender
     doc["author"] = sender
     doc["contact_id"] = contact_id or conv.get("contact_id", "")

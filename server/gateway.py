@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from sms.v1 import types_pb2
 
-from server import limits, listing, paging
+from server import limits, listing, paging, scheduling, segments
 from server import status as st
 from server.auth import Caller
 from server.config import Config
@@ -54,6 +54,9 @@ PAGE_BYTES = 2 * 1024 * 1024
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
 UNSUBSCRIBED_CODE = 21610
+# Twilio's codes for a number that cannot receive: invalid (21211), not a mobile number (21614). A retry would fail
+# the same way.
+UNREACHABLE_CODES = frozenset({21211, 21614})
 _STATUS_RETRIES = 8
 # A stored message still `pending` this long after its insert was abandoned half-way (every caller's
 # deadline is far shorter), so a replay or the reconciler may finish it.
@@ -107,6 +110,10 @@ def _of_another_agent() -> PermissionDenied:
     )
 
 
+def _already_retried(retry_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"the message was already retried as {retry_id}", Reason.MESSAGE_ALREADY_RETRIED)
+
+
 def _in_history(doc: MessageDoc, status: str) -> bool:
     """Whether `status` was already recorded for the message: a repeat, which moves nothing."""
     return any(h["status"] == status for h in doc.get("status_history", []))
@@ -137,15 +144,28 @@ class SendInput:
     media_urls: tuple[str, ...]
     contact_id: str
     request_id: str
+    send_at: datetime | None = None
+    ignore_quiet_hours: bool = False
 
     def fingerprint(self) -> str:
         """Identifies the payload, so a reused request id with a different payload is caught."""
-        raw = json.dumps([self.to, self.body, list(self.media_urls), self.contact_id])
-        return hashlib.sha256(raw.encode()).hexdigest()
+        parts: list[object] = [self.to, self.body, list(self.media_urls), self.contact_id]
+        if self.send_at is not None:
+            # Only when set, so requests stored before send_at existed keep their fingerprint.
+            parts.append(self.send_at.isoformat())
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def validate_send(
-    cfg: Config, to: str, body: str, media_urls: list[str], contact_id: str, request_id: str
+    cfg: Config,
+    to: str,
+    body: str,
+    media_urls: list[str],
+    contact_id: str,
+    request_id: str,
+    *,
+    send_at: datetime | None = None,
+    ignore_quiet_hours: bool = False,
 ) -> SendInput:
     """Send's input rules and bounds (server/limits.py); InvalidArgument naming the offending field."""
     number = to_e164(limits.text("to", to, limits.ADDRESS_BYTES), cfg.default_region, "to")
@@ -159,7 +179,9 @@ def validate_send(
     limits.chars("body", body, limits.BODY_CHARS)
     limits.text("contact_id", contact_id, limits.CONTACT_ID_BYTES)
     limits.text("request_id", request_id, limits.REQUEST_ID_BYTES)
-    return SendInput(number, body, tuple(media_urls), contact_id, request_id)
+    if send_at is not None:
+        send_at = scheduling.check_send_at(cfg, send_at, now())
+    return SendInput(number, body, tuple(media_urls), contact_id, request_id, send_at, ignore_quiet_hours)
 
 
 class Gateway:
@@ -215,11 +237,31 @@ class Gateway:
         repeat = await self.earlier_request(request_key, fingerprint)
         if repeat is not None:
             return repeat
+        if req.ignore_quiet_hours and not caller.sees_all:
+            raise PermissionDenied(
+                "only admins may send during a contact's quiet hours", Reason.QUIET_HOURS_OVERRIDE_NOT_ALLOWED
+            )
         check_destination(req.to, self.cfg.allowed_countries, self.cfg.allow_premium_numbers)
         if admit is not None:
             await admit()
         conv = await self._conversation_to_send(caller, req)
-        doc = new_outbound(
+        doc = self._outbound(caller, conv, req, fingerprint, request_key)
+        return await self.store_request(doc, request_key, fingerprint)
+
+    def _outbound(
+        self,
+        caller: Caller,
+        conv: ConversationDoc,
+        req: SendInput,
+        fingerprint: str,
+        request_key: str,
+        retry_of: str = "",
+    ) -> MessageDoc:
+        """The new outbound message of `req`: its encoding and segments counted, its send time planned."""
+        at = now()
+        count = segments.count(req.body)
+        when = scheduling.plan(self.cfg, conv, req.send_at, req.ignore_quiet_hours, at)
+        return new_outbound(
             conv,
             from_number=self.our_number,
             to=req.to,
@@ -230,9 +272,93 @@ class Gateway:
             fingerprint=fingerprint,
             request_id=req.request_id,
             request_key=request_key,
-            at=now(),
+            encoding=count.encoding,
+            # An MMS is one message to Twilio whatever its text's length.
+            segments=1 if req.media_urls else count.segments,
+            at=at,
+            send_at=when.send_at,
+            schedule_reason=when.reason,
+            retry_of=retry_of,
         )
-        return await self.store_request(doc, request_key, fingerprint)
+
+    # Cancel and retry
+
+    async def cancel(self, caller: Caller, message_id: str) -> MessageDoc:
+        """Cancels an outbound message the worker has not begun to send: SCHEDULED or QUEUED becomes CANCELED.
+
+        The cancel and the worker's start of an attempt are both conditional on the status they read, so exactly
+        one of them moves the message: canceled with no Twilio request, or sent and the cancel refused.
+        """
+        doc = await self.message_for(caller, message_id)
+        if doc["direction"] != "outbound":
+            raise FailedPrecondition("only an outbound message can be canceled", Reason.MESSAGE_NOT_CANCELABLE)
+        if doc["status"] == st.CANCELED:
+            return doc
+        doc, moved = await self.change_status(
+            doc, st.CANCELED, set_fields={"send_due": None, "paced_until": None}, from_statuses=st.CANCELABLE
+        )
+        if moved:
+            await self.queue.drop(message_id)
+        if moved or doc["status"] == st.CANCELED:
+            return doc
+        if doc["status"] in st.TERMINAL or doc["status"] == st.READ:
+            raise FailedPrecondition(
+                f"the message is already {doc['status']} and cannot be canceled", Reason.MESSAGE_NOT_CANCELABLE
+            )
+        raise FailedPrecondition(
+            "the worker has begun sending the message; it can no longer be canceled", Reason.MESSAGE_ALREADY_SENDING
+        )
+
+    async def retry(
+        self, caller: Caller, message_id: str, request_id: str, admit: Admission | None = None
+    ) -> tuple[MessageDoc, bool]:
+        """Sends a FAILED or UNDELIVERED outbound message again as a new message linked to it both ways.
+
+        Idempotent on request_id; of concurrent retries of one message (the unique `retry_of` index) one stores
+        a new message, the others get it (the same request id) or MESSAGE_ALREADY_RETRIED.
+        """
+        original = await self.message_for(caller, message_id)
+        if original["direction"] != "outbound" or original["status"] not in st.FAILURES:
+            raise FailedPrecondition(
+                "only a failed or undelivered outbound message can be retried", Reason.MESSAGE_NOT_RETRYABLE
+            )
+        oid = str(original["_id"])
+        request_key = request_key_of(caller, request_id)
+        fingerprint = hashlib.sha256(json.dumps(["retry", oid]).encode()).hexdigest()
+        repeat = await self.earlier_request(request_key, fingerprint)
+        if repeat is not None:
+            return repeat
+        if original.get("retried_by"):
+            raise _already_retried(original["retried_by"])
+        if original.get("error_code") in UNREACHABLE_CODES:
+            raise FailedPrecondition(
+                f"Twilio refused the number (error {original.get('error_code')}); a retry would fail the same way",
+                Reason.NUMBER_NOT_RETRYABLE,
+            )
+        req = SendInput(
+            original["to"],
+            original.get("body", ""),
+            tuple(m["url"] for m in original.get("media", [])),
+            original.get("contact_id", ""),
+            request_id,
+        )
+        check_destination(req.to, self.cfg.allowed_countries, self.cfg.allow_premium_numbers)
+        if admit is not None:
+            await admit()
+        conv = await self._conversation_to_send(caller, req)
+        doc = self._outbound(caller, conv, req, fingerprint, request_key, retry_of=oid)
+
+        async def earlier() -> MessageDoc | None:
+            return (await self.store.find_by_request(request_key) if request_key else None) or (
+                await self.store.find_retry_of(oid)
+            )
+
+        async def check(earlier_doc: MessageDoc) -> None:
+            if earlier_doc.get("request_key", "") != request_key:
+                raise _already_retried(str(earlier_doc["_id"]))
+            await _same_payload(fingerprint)(earlier_doc)
+
+        return await self._store_once(doc, earlier, check)
 
     # Storing a new message once, and what follows it
 
@@ -296,8 +422,14 @@ class Gateway:
         await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
         if conv is not None:
             await self.events.conversation(conv)
+        retry_of = doc.get("retry_of")
+        if retry_of:
+            # The failed message names its retry: repeated by a replay until the pending marker is cleared.
+            retried = await self.store.link_retry(retry_of, str(doc["_id"]))
+            if retried is not None:
+                await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, retried)
         if doc["direction"] == "outbound":
-            await self.queue.enqueue(str(doc["_id"]))
+            await self.queue.enqueue(str(doc["_id"]), doc.get("send_at") if doc["status"] == st.SCHEDULED else None)
         await self.store.clear_pending(doc["_id"])
         doc.pop("pending", None)
 
@@ -450,8 +582,12 @@ class Gateway:
         error_code: int = 0,
         error_message: str = "",
         set_fields: Fields | None = None,
+        from_statuses: frozenset[str] | None = None,
     ) -> tuple[MessageDoc, bool]:
         """Records `new` in the history; moves the status only up the ranks. The one status writer.
+
+        With `from_statuses`, nothing is written unless the message's status (read again after a lost race) is one
+        of them: the worker's start of an attempt and CancelMessage exclude each other this way.
 
         A status already in the history is a duplicate and changes nothing. `set_fields` are written
         with the change whether or not it moves the status (the worker's sid, price, segments).
@@ -463,7 +599,7 @@ class Gateway:
             await self.opt_out(doc["conversation_id"])
         # Twilio's (or the worker's) words are kept, but bounded like every stored field.
         error_message = limits.cut(error_message, limits.ERROR_MESSAGE_BYTES)
-        return await self._write_status(doc, new, at, error_code, error_message, set_fields)
+        return await self._write_status(doc, new, at, error_code, error_message, set_fields, from_statuses)
 
     async def _write_status(
         self,
@@ -473,8 +609,11 @@ class Gateway:
         error_code: int,
         error_message: str,
         set_fields: Fields | None,
+        from_statuses: frozenset[str] | None,
     ) -> tuple[MessageDoc, bool]:
         for _ in range(_STATUS_RETRIES):
+            if from_statuses is not None and doc["status"] not in from_statuses:
+                return doc, False
             # A status already in the history is a repeat: it moves nothing and is not recorded again.
             repeat = _in_history(doc, new)
             if repeat and not set_fields:

@@ -18,12 +18,13 @@ from server.auth import Caller
 from server.documents import UNASSIGNED, ConversationDoc, Fields, MessageDoc, assignment_entry, new_note
 from server.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.gateway import Gateway, request_key_of
+from server.quiet_hours import valid_zone
 from server.reasons import Reason
 from server.timeutil import now
 from server.visibility import visible_owners
 
 # UpdateConversation's update_mask paths (AIP-134); any other, or none, is INVALID_ARGUMENT.
-UPDATABLE = ("contact_name", "contact_id", "labels")
+UPDATABLE = ("contact_name", "contact_id", "labels", "time_zone")
 
 
 def _changed_meanwhile() -> FailedPrecondition:
@@ -62,6 +63,11 @@ def conversation_fields(conversation: types_pb2.Conversation, paths: Sequence[st
             if not label.strip():
                 raise InvalidArgument(f"conversation.labels[{i}]", "a label may not be empty")
         fields["labels"] = list(dict.fromkeys(labels))  # each once, in the order given
+    if "time_zone" in paths:
+        zone = limits.text("conversation.time_zone", conversation.time_zone, limits.TIME_ZONE_BYTES)
+        if zone and not valid_zone(zone):
+            raise InvalidArgument("conversation.time_zone", f"{limits.quote(zone)} is not an IANA time zone")
+        fields["time_zone"] = zone
     return fields
 
 

@@ -45,6 +45,8 @@ LABELS_COUNT = 20
 LABEL_BYTES = 64
 MASK_PATHS_COUNT = 10
 MASK_PATH_BYTES = 64
+# A conversation's IANA time zone (the longest names are about 30 bytes).
+TIME_ZONE_BYTES = 64
 # AddNote's body: an internal note, never an SMS.
 NOTE_BODY_BYTES = 4 * KIB
 REQUEST_ID_BYTES = 200
@@ -159,3 +161,12 @@ def timestamp(field: str, ts: Timestamp) -> datetime:
             field, f"must be a time from {TIME_MIN:%Y-%m-%d} to {TIME_MAX:%Y-%m-%d} (UTC)", Reason.INVALID_TIMESTAMP
         )
     return ts.ToDatetime(tzinfo=UTC)
+
+
+# Templates (canned replies, server/templates.py). The display name, in bytes; the body, in characters like Send's
+# body (a template is sent as one); ListTemplates' query; how many templates each user and the shared set may hold.
+TEMPLATE_NAME_BYTES = 64
+TEMPLATE_BODY_CHARS = BODY_CHARS
+TEMPLATE_QUERY_BYTES = 64
+TEMPLATES_PER_USER = 200
+SHARED_TEMPLATES = 500

@@ -59,6 +59,17 @@ class Reason(StrEnum):
 
     # State.
     OPTED_OUT = "OPTED_OUT"
+    # Send later: send_at in the past or beyond SMS_SCHEDULE_MAX_DAYS (INVALID_ARGUMENT).
+    INVALID_SEND_TIME = "INVALID_SEND_TIME"
+    # An agent asked to send during quiet hours anyway: admins and the service role only (PERMISSION_DENIED).
+    QUIET_HOURS_OVERRIDE_NOT_ALLOWED = "QUIET_HOURS_OVERRIDE_NOT_ALLOWED"
+    # CancelMessage: the worker has begun the attempt; the message is final, inbound or a note.
+    MESSAGE_ALREADY_SENDING = "MESSAGE_ALREADY_SENDING"
+    MESSAGE_NOT_CANCELABLE = "MESSAGE_NOT_CANCELABLE"
+    # RetryMessage: not a FAILED or UNDELIVERED outbound message; retried already; a number that cannot receive.
+    MESSAGE_NOT_RETRYABLE = "MESSAGE_NOT_RETRYABLE"
+    MESSAGE_ALREADY_RETRIED = "MESSAGE_ALREADY_RETRIED"
+    NUMBER_NOT_RETRYABLE = "NUMBER_NOT_RETRYABLE"
     # A claim lost: the conversation is no longer unassigned (FAILED_PRECONDITION).
     CONVERSATION_ALREADY_ASSIGNED = "CONVERSATION_ALREADY_ASSIGNED"
     # The assignee changed between the read and the write of this call (FAILED_PRECONDITION): read it again.
@@ -76,3 +87,13 @@ class Reason(StrEnum):
     EVENT_LOG_UNAVAILABLE = "EVENT_LOG_UNAVAILABLE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     TWILIO_UNAVAILABLE = "TWILIO_UNAVAILABLE"
+
+    # Templates (canned replies, server/templates.py).
+    # No such template, or one the caller may not see (another agent's personal one): existence is never leaked.
+    TEMPLATE_NOT_FOUND = "TEMPLATE_NOT_FOUND"
+    # An agent asked to create, update or delete a shared template (PERMISSION_DENIED): admins and services only.
+    TEMPLATE_NOT_ALLOWED = "TEMPLATE_NOT_ALLOWED"
+    # The display name is taken, in any case, among the owner's templates or the shared ones (ALREADY_EXISTS).
+    TEMPLATE_NAME_TAKEN = "TEMPLATE_NAME_TAKEN"
+    # The owner has the most personal templates allowed, or there are the most shared ones (FAILED_PRECONDITION).
+    TEMPLATE_LIMIT_REACHED = "TEMPLATE_LIMIT_REACHED"

@@ -18,6 +18,7 @@ from server.gateway import Gateway, validate_send
 from server.hub import Hub
 from server.inbox import Inbox
 from server.quotas import SendRate, StreamSlots
+from server.templates import Templates
 
 
 class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
@@ -29,6 +30,7 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
         self.hub = hub
         self.admin = admin
         self.inbox = Inbox(gateway)
+        self.templates = Templates(gateway.store.templates)
         self.streams = StreamSlots(cfg.max_streams_per_user)
         # The buckets live in the Redis the hub reads, shared by every replica.
         self.send_rate = SendRate(hub.redis, cfg.send_rate_per_user, cfg.send_burst_per_user)
@@ -36,7 +38,14 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     @unary()
     async def Send(self, request: sms_pb2.SendRequest, context: Context, caller: Caller) -> sms_pb2.SendResponse:
         req = validate_send(
-            self.cfg, request.to, request.body, list(request.media_urls), request.contact_id, request.request_id
+            self.cfg,
+            request.to,
+            request.body,
+            list(request.media_urls),
+            request.contact_id,
+            request.request_id,
+            send_at=limits.timestamp("send_at", request.send_at) if request.HasField("send_at") else None,
+            ignore_quiet_hours=request.ignore_quiet_hours,
         )
         doc, duplicate = await self.gateway.send(caller, req, functools.partial(self.send_rate.admit, caller.user_id))
         return sms_pb2.SendResponse(message=message_to_proto(doc), duplicate=duplicate)
@@ -140,6 +149,54 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
     ) -> sms_pb2.GetInboxSummaryResponse:
         mine, unread, unassigned = await self.inbox.summary(caller)
         return sms_pb2.GetInboxSummaryResponse(mine=mine, unread=unread, unassigned=unassigned)
+
+    # Send later, cancel and retry (issue 12): rules in server/gateway.py and server/scheduling.py.
+    @unary()
+    async def CancelMessage(
+        self, request: sms_pb2.CancelMessageRequest, context: Context, caller: Caller
+    ) -> sms_pb2.CancelMessageResponse:
+        doc = await self.gateway.cancel(caller, limits.ident("message_id", request.message_id))
+        return sms_pb2.CancelMessageResponse(message=message_to_proto(doc))
+
+    @unary()
+    async def RetryMessage(
+        self, request: sms_pb2.RetryMessageRequest, context: Context, caller: Caller
+    ) -> sms_pb2.RetryMessageResponse:
+        doc, duplicate = await self.gateway.retry(
+            caller,
+            limits.ident("message_id", request.message_id),
+            limits.text("request_id", request.request_id, limits.REQUEST_ID_BYTES),
+            functools.partial(self.send_rate.admit, caller.user_id),
+        )
+        return sms_pb2.RetryMessageResponse(message=message_to_proto(doc), duplicate=duplicate)
+
+    # Templates (canned replies): rules in server/templates.py.
+    @unary()
+    async def CreateTemplate(
+        self, request: sms_pb2.CreateTemplateRequest, context: Context, caller: Caller
+    ) -> sms_pb2.CreateTemplateResponse:
+        return sms_pb2.CreateTemplateResponse(template=await self.templates.create(caller, request.template))
+
+    @unary()
+    async def ListTemplates(
+        self, request: sms_pb2.ListTemplatesRequest, context: Context, caller: Caller
+    ) -> sms_pb2.ListTemplatesResponse:
+        templates, token = await self.templates.list(caller, request.page_size, request.page_token, request.query)
+        return sms_pb2.ListTemplatesResponse(templates=templates, next_page_token=token)
+
+    @unary()
+    async def UpdateTemplate(
+        self, request: sms_pb2.UpdateTemplateRequest, context: Context, caller: Caller
+    ) -> sms_pb2.UpdateTemplateResponse:
+        template = await self.templates.update(caller, request.template, list(request.update_mask.paths))
+        return sms_pb2.UpdateTemplateResponse(template=template)
+
+    @unary()
+    async def DeleteTemplate(
+        self, request: sms_pb2.DeleteTemplateRequest, context: Context, caller: Caller
+    ) -> sms_pb2.DeleteTemplateResponse:
+        await self.templates.delete(caller, limits.ident("template_id", request.template_id))
+        return sms_pb2.DeleteTemplateResponse()
 
     # The operator calls: admins only. The service role reads and writes every conversation like an admin, but
     # its token lives in other systems, so it may not trigger Twilio syncs nor read the operator's queue figures.

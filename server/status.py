@@ -12,6 +12,11 @@ from server.reasons import Reason
 QUEUED, SENDING, SENT = "queued", "sending", "sent"
 DELIVERED, UNDELIVERED, FAILED, READ = "delivered", "undelivered", "failed", "read"
 RECEIVED = "received"
+SCHEDULED, CANCELED = "scheduled", "canceled"
+# What CancelMessage may still stop: the worker has not begun an attempt.
+CANCELABLE = frozenset({SCHEDULED, QUEUED})
+# What the worker may begin an attempt from: waiting, or SENDING again after a try that did not reach Twilio.
+ATTEMPTABLE = frozenset({SCHEDULED, QUEUED, SENDING})
 
 _RANK = {
     "accepted": 0,

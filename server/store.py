@@ -24,6 +24,7 @@ from server.documents import (
 )
 from server.limits import TIME_MIN
 from server.search import number_terms, text_terms
+from server.template_store import TemplateStore
 from server.timeutil import now
 
 Cursor = tuple[datetime, str]
@@ -66,7 +67,7 @@ def _terms_update(fields: Mapping[str, Any], inc: Mapping[str, int]) -> list[Fie
 
 
 # Message fields behind sparse indexes: written as None by callers, stored as absent.
-SPARSE_FIELDS = frozenset({"send_due", "sent_at", "twilio_sid", "request_key", "pending"})
+SPARSE_FIELDS = frozenset({"send_due", "sent_at", "twilio_sid", "request_key", "pending", "retry_of"})
 
 
 def applied(doc: MessageDoc, update: Fields) -> MessageDoc:
@@ -94,6 +95,8 @@ class Store:
         # The typed views of the two collections (pymongo types a database's collections by its client).
         self.messages = cast(AsyncCollection[MessageDoc], db.get_collection("messages"))
         self.conversations = cast(AsyncCollection[ConversationDoc], db.get_collection("conversations"))
+        # Canned replies (server/templates.py): their own collection and queries, in a module of their own.
+        self.templates = TemplateStore(db)
 
     @classmethod
     def connect(cls, uri: str, db_name: str) -> Store:
@@ -112,12 +115,17 @@ class Store:
 
     async def ensure_indexes(self) -> None:
         """Indexes for every query below; each list query is served by a keyset index."""
+        await self.templates.ensure_indexes()
         await self.messages.create_index([("conversation_id", ASCENDING), ("created", DESCENDING), ("_id", DESCENDING)])
         # Sparse, not partial: SecantusDB does not use partial indexes for lookups, and a full scan per
         # webhook grows with the collection. Both fields are absent (never null) until they have a value.
         await self.messages.create_index("twilio_sid", name="twilio_sid_sparse", unique=True, sparse=True)
         await self.messages.create_index("request_key", name="request_key_sparse", unique=True, sparse=True)
         await self.messages.create_index("pending", name="pending_sparse", sparse=True)
+        # RetryMessage: at most one retry per failed message (absent on every other message).
+        await self.messages.create_index("retry_of", name="retry_of_sparse", unique=True, sparse=True)
+        # The reconciler's due SCHEDULED messages, and the scheduled count.
+        await self.messages.create_index([("status", ASCENDING), ("send_at", ASCENDING)])
         # The worker, the reconciler and GetQueueStats (see "Sending" below).
         await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
         await self.messages.create_index("sent_at", name="sent_at_sparse", sparse=True)
@@ -424,6 +432,21 @@ class Store:
     async def find_by_request(self, request_key: str) -> MessageDoc | None:
         return await self.messages.find_one({"request_key": request_key})
 
+    async def find_retry_of(self, message_id: str) -> MessageDoc | None:
+        """The message that retries `message_id` (RetryMessage), if any."""
+        return await self.messages.find_one({"retry_of": message_id})
+
+    async def link_retry(self, message_id: str, retry_id: str) -> MessageDoc | None:
+        """Names `retry_id` as the retry of the failed `message_id`; the failed message as it now is, or None when
+        it already named it (a replay) or is gone."""
+        oid = message_oid(message_id)
+        if oid is None:
+            return None
+        result = await self.messages.update_one(
+            {"_id": oid, "retried_by": {"$ne": retry_id}}, {"$set": {"retried_by": retry_id, "updated": now()}}
+        )
+        return await self.messages.find_one({"_id": oid}) if result.modified_count else None
+
     async def list_messages(self, cid: str, after: tuple[datetime, ObjectId] | None, limit: int) -> list[MessageDoc]:
         """A conversation's messages, newest first, after the keyset cursor `after`."""
         query: Fields = {"conversation_id": cid}
@@ -468,6 +491,27 @@ class Store:
         ids = [d["_id"] async for d in queued.sort([("updated", ASCENDING)]).limit(limit)]
         ids += [d["_id"] async for d in due.sort([("send_due", ASCENDING)]).limit(limit)]
         return [str(oid) for oid in ids[:limit]]
+
+    async def due_scheduled(self, cutoff: datetime, limit: int) -> list[str]:
+        """Ids of SCHEDULED messages due before `cutoff`, oldest first: their job should have run by now."""
+        due = self.messages.find({"status": "scheduled", "send_at": {"$lt": cutoff}}, {"_id": 1})
+        return [str(d["_id"]) async for d in due.sort([("send_at", ASCENDING)]).limit(limit)]
+
+    async def count_scheduled_after(self, t: datetime) -> int:
+        """SCHEDULED messages not yet due at `t`."""
+        return await self.messages.count_documents({"status": "scheduled", "send_at": {"$gte": t}})
+
+    async def backlog(self, t: datetime) -> list[MessageDoc]:
+        """Outbound messages due and not yet handed to Twilio at `t`: QUEUED, due SCHEDULED, SENDING without a sid
+        (sender and segments only).
+
+        Reads the whole backlog: GetQueueStats' cost grows with it (issue 13 keeps counters instead).
+        """
+        fields = {"from": 1, "segments": 1, "twilio_sid": 1}
+        queued = await self.messages.find({"status": "queued"}, fields).to_list()
+        due = await self.messages.find({"status": "scheduled", "send_at": {"$lt": t}}, fields).to_list()
+        sending = await self.messages.find({"status": "sending"}, fields).to_list()
+        return queued + due + [d for d in sending if not d.get("twilio_sid")]
 
     async def count_status_since(self, status: str, since: datetime) -> int:
         return await self.messages.count_documents({"status": status, "updated": {"$gte": since}})

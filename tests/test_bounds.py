@@ -119,6 +119,15 @@ def base_requests() -> dict[str, tuple[ProtoMessage, str]]:
         ),
         "AddNote": (sms_pb2.AddNoteRequest(conversation_id="c" + "0" * 24, body="note"), "agent"),
         "GetInboxSummary": (sms_pb2.GetInboxSummaryRequest(), "agent"),
+        "CancelMessage": (sms_pb2.CancelMessageRequest(message_id=str(ObjectId())), "agent"),
+        "RetryMessage": (sms_pb2.RetryMessageRequest(message_id=str(ObjectId())), "agent"),
+        "CreateTemplate": (
+            sms_pb2.CreateTemplateRequest(template=types_pb2.Template(display_name="t", body="b")),
+            "agent",
+        ),
+        "ListTemplates": (sms_pb2.ListTemplatesRequest(), "agent"),
+        "UpdateTemplate": (sms_pb2.UpdateTemplateRequest(template=types_pb2.Template(id="t" + "0" * 24)), "agent"),
+        "DeleteTemplate": (sms_pb2.DeleteTemplateRequest(template_id="t" + "0" * 24), "agent"),
         "RecordInbound": (inbound_request(), "service"),
         "RecordStatus": (ingest_pb2.RecordStatusRequest(message_sid=sid(), message_status="sent"), "service"),
     }

@@ -416,6 +416,53 @@ class Fuzz:
             ),
         ]
 
+    def later(self) -> list[Call]:
+        """Send later, cancel and retry (issue 12): hostile times, ids and flags."""
+        h = self.h
+        md = self.caller()
+        message = self.known_or_hostile(self.seen.messages)
+        scheduled = sms_pb2.SendRequest(
+            to=unique_number(), body=h.body(), ignore_quiet_hours=h.chance(0.3), request_id=uuid.uuid4().hex
+        )
+        scheduled.send_at.CopyFrom(h.timestamp())
+        retry = sms_pb2.RetryMessageRequest(
+            message_id=message, request_id=h.maybe(lambda: uuid.uuid4().hex, limits.REQUEST_ID_BYTES)
+        )
+        return [
+            lambda: self.rpc("Send", self.sms.Send(scheduled, metadata=md)),
+            lambda: self.rpc(
+                "CancelMessage", self.sms.CancelMessage(sms_pb2.CancelMessageRequest(message_id=message), metadata=md)
+            ),
+            lambda: self.rpc("RetryMessage", self.sms.RetryMessage(fit(retry), metadata=md)),
+        ]
+
+    def templates(self) -> list[Call]:
+        """Canned replies: hostile names, bodies (placeholders), masks, tokens and ids."""
+        h = self.h
+        md = self.caller()
+        template = types_pb2.Template(
+            id=h.maybe(h.id_like, limits.ID_BYTES, 0.3),
+            display_name=h.maybe(lambda: h.chars(8, ALPHABETS[:2]), limits.TEMPLATE_NAME_BYTES),
+            body=h.pick(["Hi {{contact_name}}", "{{nope}}", "{{", "}}{{agent}}"]) if h.chance(0.3) else h.body(),
+            shared=h.chance(0.3),
+        )
+        update = sms_pb2.UpdateTemplateRequest(template=template)
+        update.update_mask.paths.extend(h.rng.sample(["display_name", "body", "shared", "*"], h.rng.choice([0, 1, 2])))
+        listing = sms_pb2.ListTemplatesRequest(
+            page_size=h.rng.choice([0, 1, 50, 501, -1]),
+            page_token=h.page_token() if h.chance(0.5) else "",
+            query=h.maybe(lambda: "a", limits.TEMPLATE_QUERY_BYTES),
+        )
+        delete = sms_pb2.DeleteTemplateRequest(template_id=h.maybe(h.id_like, limits.ID_BYTES, 0.3))
+        return [
+            lambda: self.rpc(
+                "CreateTemplate", self.sms.CreateTemplate(sms_pb2.CreateTemplateRequest(template=template), metadata=md)
+            ),
+            lambda: self.rpc("ListTemplates", self.sms.ListTemplates(fit(listing), metadata=md)),
+            lambda: self.rpc("UpdateTemplate", self.sms.UpdateTemplate(update, metadata=md)),
+            lambda: self.rpc("DeleteTemplate", self.sms.DeleteTemplate(fit(delete), metadata=md)),
+        ]
+
     def record_inbound(self) -> Call:
         h = self.h
         well_formed = h.chance(0.5)
@@ -588,6 +635,8 @@ class Fuzz:
         calls.append(self.subscribe())
         calls += self.admin()
         calls += self.workflow()
+        calls += self.later()
+        calls += self.templates()
         for _ in range(2):
             calls.append(self.record_inbound())
         calls.append(self.record_status())

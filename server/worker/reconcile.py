@@ -26,7 +26,8 @@ RECONCILE_BATCH = 500
 async def reconcile_once(cfg: Config, gateway: Gateway) -> int:
     """Finishes messages whose effects were abandoned half-way, then re-enqueues lost sends.
 
-    A message is re-enqueued when it has no sid and nobody touched it for SMS_RECONCILE_AGE_SECONDS. The job
+    A message is re-enqueued when it has no sid and nobody touched it (or, SCHEDULED, it was due) for
+    SMS_RECONCILE_AGE_SECONDS. The job
     id is the message id, so a message whose job still exists (waiting, deferred for a retry, or running) is
     left alone by arq; only lost jobs come back. Enqueued through the send queue, as Send does. Returns how many
     were enqueued.
@@ -37,7 +38,10 @@ async def reconcile_once(cfg: Config, gateway: Gateway) -> int:
         await gateway.resume_pending(doc)
     cutoff = now() - timedelta(seconds=cfg.reconcile_age_seconds)
     enqueued = 0
-    for message_id in await store.stale_outbound(cutoff, RECONCILE_BATCH):
+    # A SCHEDULED message's job waits in Redis until its time; one still SCHEDULED this long after it lost its job
+    # (Redis restarted without its data, or the enqueue failed).
+    owed = await store.stale_outbound(cutoff, RECONCILE_BATCH) + await store.due_scheduled(cutoff, RECONCILE_BATCH)
+    for message_id in owed:
         if await gateway.queue.enqueue(message_id):
             enqueued += 1
     if enqueued:

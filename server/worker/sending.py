@@ -41,6 +41,7 @@ from server.gateway import Gateway
 from server.store import Store
 from server.timeutil import aware, now
 from server.webhook_routes import STATUS_PATH
+from server.worker.pacing import SenderPacing
 from server.worker.twilio_client import TwilioClient, TwilioFailure, TwilioMessage, bounded
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,22 @@ RECORD_PAUSES = (0.2, 2.0)
 # Asks Twilio to retry status callbacks on connect/read timeouts and 5xx: the bridge answers 503 for a sid the
 # worker has not stored yet.
 CALLBACK_OVERRIDES = "#rc=3&rp=ct,rt,5xx"
+# A SCHEDULED message's job that runs this early (clocks) waits in place; earlier than that, it is deferred.
+SCHEDULE_EARLY_SECONDS = 2.0
 
 
 class Sending:
     """Runs send jobs against one store, gateway and Twilio client."""
 
-    def __init__(self, cfg: Config, store: Store, gateway: Gateway, twilio: TwilioClient) -> None:
+    def __init__(self, cfg: Config, store: Store, gateway: Gateway, twilio: TwilioClient, pacing: SenderPacing) -> None:
         self.cfg = cfg
         self.store = store
         self.gateway = gateway
         self.twilio = twilio
+        self.pacing = pacing
+        # A run sleeps for its sender's turn at most this long; a later turn is reserved and the job deferred to
+        # it, so a long backlog does not hold the worker's job slots (nor outlive the job timeout).
+        self.pace_hold_seconds = min(5.0, cfg.job_timeout_seconds / 3)
         self.status_callback = f"{cfg.public_base_url}{STATUS_PATH}{CALLBACK_OVERRIDES}"
         # Twilio messages created (or found) for a message whose sid could not be stored yet, by message id: the
         # next run here records it without asking Twilio. At most one per job that met a store outage.
@@ -99,6 +106,12 @@ class Sending:
             return "already sent"
         if doc["status"] in st.TERMINAL:
             return str(doc["status"])
+        if doc["status"] == st.SCHEDULED:
+            early = (aware(doc["send_at"]) - now()).total_seconds() if doc.get("send_at") else 0.0
+            if early > SCHEDULE_EARLY_SECONDS:
+                raise Retry(defer=early)  # run ahead of its time (e.g. re-enqueued without the delay)
+            if early > 0:
+                await asyncio.sleep(early)
         if known is not None:
             await self._record(doc, known, deadline)
             return f"recorded {known.sid} ({known.status})"
@@ -112,12 +125,38 @@ class Sending:
             code, message = (last["code"], last["message"]) if last else (0, "no tries left")
             await self._fail(doc, code, message)
             return f"failed after {attempts} tries"
+        await self._pace(doc)
         return await self._attempt(doc, attempts + 1, deadline)
+
+    async def _pace(self, doc: MessageDoc) -> None:
+        """Waits for the sender's turn (SMS_SENDER_MPS, one budget per sender across every worker).
+
+        A turn further off than pace_hold_seconds is kept on the message (`paced_until`, and `send_due` for the
+        reconciler) and the job is deferred to it, so the next run goes without reserving again. Pacing happens
+        before the attempt is recorded: a message waiting for its turn can still be canceled.
+        """
+        if not self.pacing.enabled:
+            return
+        paced = doc.get("paced_until")
+        if paced is not None:
+            wait = (aware(paced) - now()).total_seconds()
+        else:
+            wait = await self.pacing.reserve(doc["from"], int(doc.get("segments") or 1))
+            if wait > self.pace_hold_seconds:
+                slot = now() + timedelta(seconds=wait)
+                await self.store.set_send_state(doc, {"paced_until": slot, "send_due": slot})
+        if wait > self.pace_hold_seconds:
+            log.info("send %s: the sender's turn is in %.1f s; deferred", doc["_id"], wait)
+            raise Retry(defer=wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _attempt(self, doc: MessageDoc, attempt: int, deadline: float) -> str:
         # Persist, then act: the marker says "Twilio may have this message" before the request leaves. It is
         # written before waiting for a Twilio slot, so a slow database never holds a slot idle; the price is a
         # settle (one list request) for a worker killed while waiting.
+        # Only from a status an attempt may begin from: a CancelMessage that won the race leaves it CANCELED, and
+        # then nothing is written and nothing sent.
         t = now()
         doc, _ = await self.gateway.change_status(
             doc,
@@ -126,9 +165,13 @@ class Sending:
                 "attempts": attempt,
                 "in_flight": {"at": t, "attempt": attempt},
                 "retry_at": None,
+                "paced_until": None,
                 "send_due": t,
             },
+            from_statuses=st.ATTEMPTABLE,
         )
+        if doc["status"] != st.SENDING:
+            return f"not sent: {doc['status']}"
         media = [m["url"] for m in doc.get("media", []) if m.get("url")]
         try:
             msg = await self.twilio.create(doc["to"], doc.get("body", ""), media, self.status_callback)
@@ -195,12 +238,14 @@ class Sending:
         fields: Fields = {
             "twilio_sid": msg.sid,
             "twilio_status": msg.status,
-            "segments": msg.segments,
             "in_flight": None,
             "retry_at": None,
             "send_due": None,
             "sent_at": now(),
         }
+        if not doc.get("segments"):
+            # Counted at Send (server/segments.py); Twilio's count only for messages stored before that.
+            fields["segments"] = msg.segments
         if msg.price is not None:
             fields["price"] = msg.price
         if msg.price_unit:

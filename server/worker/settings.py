@@ -25,6 +25,7 @@ from server.resources import open_resources
 from server.signals import on_stop_signals
 from server.timeutil import now
 from server.worker.jobs import send_message
+from server.worker.pacing import SenderPacing
 from server.worker.queue import SEND_JOB
 from server.worker.reconcile import every, reconcile_once
 from server.worker.sending import Sending
@@ -93,7 +94,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     twilio = TwilioClient(cfg)
     await twilio.start()
     stack.push_async_callback(twilio.close)
-    ctx["sending"] = Sending(cfg, res.store, gateway, twilio)
+    pacing = SenderPacing(res.redis, cfg.sender_mps, cfg.arq_queue + ":pace:")
+    ctx["sending"] = Sending(cfg, res.store, gateway, twilio, pacing)
 
     stopping = asyncio.Event()
     ctx["stopping"] = stopping

@@ -35,6 +35,8 @@ class House:
     sms: sms_pb2_grpc.SmsServiceAsyncStub
     ingest: ingest_pb2_grpc.SmsIngestServiceAsyncStub
     sim: TwilioSimulator
+    # Every setting of this stack, e.g. to start `sms-gateway worker` processes on it.
+    env: dict[str, str]
 
     async def work(self) -> None:
         """Runs an arq worker with the project's settings until the queue is empty (burst mode)."""
@@ -80,7 +82,8 @@ async def running_house(env: Mapping[str, str]) -> AsyncIterator[House]:
     }
     sim = TwilioSimulator(Config.from_env(settings))
     sim_url = await sim.start()
-    cfg = Config.from_env({**settings, "TWILIO_API_BASE_URL": sim_url})
+    settings["TWILIO_API_BASE_URL"] = sim_url
+    cfg = Config.from_env(settings)
     bridge_cfg = Config.from_env(bridge_env({**settings, "TWILIO_API_BASE_URL": sim_url}))
     bridge = make_runner(bridge_cfg, build_app(bridge_cfg))
     try:
@@ -99,6 +102,7 @@ async def running_house(env: Mapping[str, str]) -> AsyncIterator[House]:
                             "ingest_pb2_grpc.SmsIngestServiceAsyncStub", ingest_pb2_grpc.SmsIngestServiceStub(channel)
                         ),
                         sim,
+                        settings,
                     )
             finally:
                 await bridge.cleanup()

@@ -13,6 +13,7 @@ import { NewMessageForm } from "./new-message.js";
 import { DesktopNotifier } from "./notifications.js";
 import { parseRoute, type Route } from "./route.js";
 import { InboxSummary } from "./summary.js";
+import { TemplatesPage } from "./templates-page.js";
 import { ThreadView } from "./thread.js";
 import { Topbar } from "./topbar.js";
 import { LatestById, newerConversation } from "./versions.js";
@@ -36,6 +37,7 @@ export class InboxApp implements Inbox {
   private readonly thread: ThreadView;
   private readonly newMessage: NewMessageForm;
   private readonly dashboard: QueueDashboard | null;
+  private readonly templates: TemplatesPage;
   private readonly cleanups: (() => void)[] = [];
 
   constructor(
@@ -55,6 +57,7 @@ export class InboxApp implements Inbox {
     );
     this.thread = new ThreadView(this, this.main);
     this.newMessage = new NewMessageForm(this, this.main);
+    this.templates = new TemplatesPage(this, this.main);
     this.dashboard = this.isAdmin ? new QueueDashboard(this.client, (e) => this.reportError(e, "Queue stats")) : null;
     // data-pane picks what shows at phone width, where only one of the list and the main pane fits.
     this.el = h(
@@ -142,7 +145,7 @@ export class InboxApp implements Inbox {
     let route: Route = parseRoute(window.location.hash);
     if (route.kind === "queue" && !this.isAdmin) route = { kind: "inbox" };
     this.el.dataset.pane = route.kind === "inbox" ? "list" : "main";
-    this.topbar.highlight(route.kind === "queue");
+    this.topbar.highlight(route.kind === "queue" || route.kind === "templates" ? route.kind : "inbox");
     if (route.kind !== "queue") this.dashboard?.hide();
     if (route.kind !== "conv") this.thread.close();
 
@@ -163,6 +166,9 @@ export class InboxApp implements Inbox {
           );
           this.dashboard.show();
         }
+        break;
+      case "templates":
+        this.templates.open();
         break;
       case "conv":
         this.thread.open(route.id, route.messageId);

@@ -126,3 +126,100 @@ export function nationalNumber(e164: string): string {
 export function contactDisplay(c: { contactName: string; contactNumber: string }): string {
   return c.contactName.trim() || nationalNumber(c.contactNumber);
 }
+
+const whenFmt = new Intl.DateTimeFormat(undefined, {
+  weekday: "short",
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+});
+
+/** A time to come, in the viewer's zone, with its day: "Fri, Dec 4, 18:21" (a scheduled send). */
+export function whenAt(ts: Timestamp | undefined): string {
+  const d = tsDate(ts);
+  return d ? whenFmt.format(d) : "";
+}
+
+/** The same for a Date. */
+export function whenAtDate(d: Date): string {
+  return whenFmt.format(d);
+}
+
+/** Short words for common Twilio error codes (https://www.twilio.com/docs/api/errors). */
+const TWILIO_ERROR_WORDS: Readonly<Record<number, string>> = {
+  21211: "Invalid phone number",
+  21408: "Sending to this region is not enabled",
+  21610: "The contact opted out (STOP)",
+  21612: "Cannot route to this number",
+  21614: "Not a mobile number",
+  30001: "Queue overflow",
+  30002: "Account suspended",
+  30003: "Unreachable handset",
+  30004: "Message blocked",
+  30005: "Unknown destination",
+  30006: "Landline or unreachable carrier",
+  30007: "Filtered by the carrier",
+  30008: "Unknown error",
+};
+
+/** Codes that say the number itself cannot receive SMS: sending again cannot succeed (RetryMessage refuses). */
+export const NOT_RETRYABLE_CODES: ReadonlySet<number> = new Set([21211, 21614]);
+
+/**
+ * A failure in words: the table's description of `code` when it is a known one (`known` true), else the error
+ * message stored with the message (from Twilio, shown isolated by the caller), else "".
+ */
+export function errorWords(code: number, stored: string): { text: string; known: boolean } {
+  const words = TWILIO_ERROR_WORDS[code];
+  if (words) return { text: words, known: true };
+  return { text: stored.trim(), known: false };
+}
+
+/** Names of invisible or confusable characters that may force UCS-2 unnoticed. */
+const CHAR_NAMES: Readonly<Record<number, string>> = {
+  0x09: "tab",
+  0x0b: "vertical tab",
+  0x7f: "delete",
+  0xa0: "no-break space",
+  0xad: "soft hyphen",
+  0x2002: "en space",
+  0x2003: "em space",
+  0x2009: "thin space",
+  0x200b: "zero-width space",
+  0x200c: "zero-width non-joiner",
+  0x200d: "zero-width joiner",
+  0x200e: "left-to-right mark",
+  0x200f: "right-to-left mark",
+  0x2028: "line separator",
+  0x2029: "paragraph separator",
+  0x202a: "left-to-right embedding",
+  0x202b: "right-to-left embedding",
+  0x202c: "pop directional formatting",
+  0x202d: "left-to-right override",
+  0x202e: "right-to-left override",
+  0x202f: "narrow no-break space",
+  0x2060: "word joiner",
+  0x2066: "left-to-right isolate",
+  0x2067: "right-to-left isolate",
+  0x2068: "first strong isolate",
+  0x2069: "pop directional isolate",
+  0x3000: "ideographic space",
+  0xfeff: "zero-width no-break space",
+};
+
+/**
+ * One character as a person can read it in a sentence: a visible one between quotes (“é”), an invisible, control,
+ * spacing or combining one by its code point and, when known, its name (U+00A0 no-break space).
+ */
+export function readableChar(ch: string): string {
+  const cp = ch.codePointAt(0);
+  if (cp === undefined) return "";
+  const hex = `U+${cp.toString(16).toUpperCase().padStart(4, "0")}`;
+  const name = CHAR_NAMES[cp];
+  if (name) return `${hex} ${name}`;
+  // Controls, format characters, unassigned/private/surrogates, separators other than the plain space, and marks
+  // that would combine with the quote.
+  if (/^[\p{C}\p{Z}\p{M}]/u.test(ch) && ch !== " ") return hex;
+  return `“${ch}”`;
+}

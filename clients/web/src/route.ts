@@ -1,11 +1,12 @@
 // The hash routes: `#/` the list, `#/c/<id>` a thread, `#/c/<id>/m/<message id>` a thread showing one message (a
-// search hit), `#/new` the new-message form, `#/queue` the admin dashboard.
+// search hit), `#/new` the new-message form, `#/queue` the admin dashboard, `#/templates` the templates page.
 
 export type Route =
   | { kind: "inbox" }
   | { kind: "conv"; id: string; messageId: string }
   | { kind: "new" }
-  | { kind: "queue" };
+  | { kind: "queue" }
+  | { kind: "templates" };
 
 export function parseRoute(hash: string): Route {
   const path = hash.replace(/^#\/?/, "");
@@ -21,6 +22,7 @@ export function parseRoute(hash: string): Route {
   }
   if (path === "new") return { kind: "new" };
   if (path === "queue") return { kind: "queue" };
+  if (path === "templates") return { kind: "templates" };
   return { kind: "inbox" };
 }
 

@@ -1,6 +1,7 @@
 // The open conversation: header (name and labels editable in place, the Assign menu), opt-out banner, its messages
 // and notes (older pages load when scrolling up; the app feeds it live ones) and the composer. Opening a
 // conversation marks it read; opening it at a message (a search hit) loads older pages until that message shows.
+// Outbound bubbles carry their scheduled time, Cancel, failure in words and Retry (message-actions.ts).
 import { AssignMenu } from "./assign-menu.js";
 import { Composer } from "./composer.js";
 import { LabelEditor, NameEditor } from "./conversation-editor.js";
@@ -8,6 +9,7 @@ import { KeyedElements, h, icon, sentinelInView, syncChildren, userText, watchSe
 import { dayKey, dayLabel, tsMillis } from "./format.js";
 import type { Message } from "./gen/sms/v1/types_pb.js";
 import { showsOwner, type Inbox } from "./inbox.js";
+import { MessageActions } from "./message-actions.js";
 import { Pager } from "./pager.js";
 import { LatestById, newerMessage } from "./versions.js";
 import { ICONS, backButton, labelled, messageBubble } from "./views.js";
@@ -50,6 +52,7 @@ function oldestFirst(a: Message, b: Message): number {
 export class ThreadView {
   private thread: Thread | null = null;
   private readonly composer: Composer;
+  private readonly actions: MessageActions;
   private readonly markingRead = new Set<string>();
 
   /** `pane` is where the thread shows (the main pane, shared with the other views). */
@@ -58,6 +61,7 @@ export class ThreadView {
     private readonly pane: HTMLElement,
   ) {
     this.composer = new Composer(inbox);
+    this.actions = new MessageActions(inbox, (m) => this.showMessage(m));
   }
 
   /** Shows conversation `id`; with `messageId`, scrolled to that message, marked. */
@@ -281,7 +285,7 @@ export class ThreadView {
         nodes.push(t.days.get(day, [], () => h("div", { class: "day-sep" }, h("span", null, dayLabel(m.createTime)))));
       }
       const hit = m.id === t.highlight;
-      nodes.push(t.bubbles.get(m.id, [m, hit], () => messageBubble(m, hit)));
+      nodes.push(t.bubbles.get(m.id, [m, hit], () => this.actions.decorate(messageBubble(m, hit), m)));
     }
     t.bubbles.prune();
     t.days.prune();

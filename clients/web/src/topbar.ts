@@ -1,4 +1,4 @@
-// The header: brand, the admin's tabs, the connection indicator, the notifications bell, who is signed in, and
+// The header: brand, the tabs (Inbox, the admin's Queue, Templates), the connection indicator, the notifications bell, who is signed in, and
 // Sign out.
 import type { Claims } from "./api.js";
 import { h, userText } from "./dom.js";
@@ -9,12 +9,11 @@ export class Topbar {
   private readonly tabs: HTMLElement[];
 
   constructor(claims: Claims, isAdmin: boolean, indicator: HTMLElement, bell: HTMLElement, onSignOut: () => void) {
-    this.tabs = isAdmin
-      ? [
-          h("a", { href: "#/", class: "tab", "data-testid": "tab-inbox" }, "Inbox"),
-          h("a", { href: "#/queue", class: "tab", "data-testid": "tab-queue" }, "Queue"),
-        ]
-      : [];
+    this.tabs = [
+      h("a", { href: "#/", class: "tab", "data-testid": "tab-inbox" }, "Inbox"),
+      isAdmin ? h("a", { href: "#/queue", class: "tab", "data-testid": "tab-queue" }, "Queue") : null,
+      h("a", { href: "#/templates", class: "tab", "data-testid": "tab-templates" }, "Templates"),
+    ].filter((tab) => tab !== null);
     this.el = h(
       "header",
       { class: "topbar" },
@@ -37,8 +36,13 @@ export class Topbar {
     );
   }
 
-  /** Highlights the Queue tab on the dashboard, the Inbox tab everywhere else. */
-  highlight(queue: boolean): void {
-    for (const tab of this.tabs) tab.classList.toggle("active", (tab.dataset.testid === "tab-queue") === queue);
+  /** Highlights the Queue tab on the dashboard, the Templates tab on the templates page, Inbox everywhere else. */
+  highlight(page: "inbox" | "queue" | "templates"): void {
+    for (const tab of this.tabs) {
+      const active = tab.dataset.testid === `tab-${page}`;
+      tab.classList.toggle("active", active);
+      if (active) tab.setAttribute("aria-current", "page");
+      else tab.removeAttribute("aria-current");
+    }
   }
 }

@@ -2,7 +2,7 @@
 // No state lives here. Text from outside the UI goes through userText() (see dom.ts).
 import { errorParts } from "./api.js";
 import { h, icon, userText } from "./dom.js";
-import { clockTime, contactDisplay, fullTime, shortWhen, statusName, tickOf } from "./format.js";
+import { clockTime, contactDisplay, errorWords, fullTime, shortWhen, statusName, tickOf } from "./format.js";
 import { Direction, type Conversation, type Message } from "./gen/sms/v1/types_pb.js";
 import { conversationHash } from "./route.js";
 
@@ -24,23 +24,8 @@ export const ICONS = {
   edit: "M4 20h4L19 9l-4-4L4 16z",
 };
 
-/** Short texts for common Twilio error codes, used when the server gave no error message. */
-const TWILIO_ERRORS: Record<number, string> = {
-  21211: "Invalid 'To' phone number",
-  21408: "Sending to this region is not enabled",
-  21610: "Recipient opted out (STOP)",
-  21612: "Cannot route to this number",
-  21614: "'To' is not a mobile number",
-  30003: "Unreachable destination handset",
-  30004: "Message blocked",
-  30005: "Unknown destination handset",
-  30006: "Landline or unreachable carrier",
-  30007: "Filtered by the carrier",
-  30008: "Unknown error",
-};
-
 function errorDetail(m: Message): string {
-  return m.errorMessage || TWILIO_ERRORS[m.errorCode] || "";
+  return m.errorMessage || errorWords(m.errorCode, "").text;
 }
 
 /** The product's name: in the header, and bigger (`big`) on the sign-in form. */

@@ -32,6 +32,8 @@ class SendRequest(_message.Message):
     MEDIA_URLS_FIELD_NUMBER: _builtins.int
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEND_AT_FIELD_NUMBER: _builtins.int
+    IGNORE_QUIET_HOURS_FIELD_NUMBER: _builtins.int
     to: _builtins.str
     """Any format phonenumbers can parse; normalised to E.164 with the server's default region. At most 128 bytes."""
     body: _builtins.str
@@ -40,9 +42,20 @@ class SendRequest(_message.Message):
     """The CRM's contact id, stored on the message and the conversation. At most 256 bytes."""
     request_id: _builtins.str
     """Idempotency key, unique per user: a repeat returns the first message. At most 200 bytes."""
+    ignore_quiet_hours: _builtins.bool
+    """Sends even during the contact's quiet hours (SMS_QUIET_HOURS). Admins and the service role only; an agent
+    setting it is PERMISSION_DENIED (QUIET_HOURS_OVERRIDE_NOT_ALLOWED).
+    """
     @_builtins.property
     def media_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """At most 10, http or https, each at most 2048 bytes."""
+
+    @_builtins.property
+    def send_at(self) -> _timestamp_pb2.Timestamp:
+        """Send later: a future time, at most SMS_SCHEDULE_MAX_DAYS ahead (in the past or further: INVALID_ARGUMENT,
+        INVALID_SEND_TIME). The message is stored SCHEDULED and the worker sends it at that time; CancelMessage
+        cancels it until then.
+        """
 
     def __init__(
         self,
@@ -52,10 +65,12 @@ class SendRequest(_message.Message):
         media_urls: _abc.Iterable[_builtins.str] | None = ...,
         contact_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        send_at: _timestamp_pb2.Timestamp | None = ...,
+        ignore_quiet_hours: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["send_at", b"send_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "contact_id", b"contact_id", "media_urls", b"media_urls", "request_id", b"request_id", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "contact_id", b"contact_id", "ignore_quiet_hours", b"ignore_quiet_hours", "media_urls", b"media_urls", "request_id", b"request_id", "send_at", b"send_at", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -70,7 +85,11 @@ class SendResponse(_message.Message):
     duplicate: _builtins.bool
     """True when request_id matched an earlier Send and nothing new was stored."""
     @_builtins.property
-    def message(self) -> _types_pb2.Message: ...
+    def message(self) -> _types_pb2.Message:
+        """A message asked for during the contact's quiet hours is SCHEDULED for the next opening: its scheduled_time
+        says when and its schedule_reason is SCHEDULE_REASON_QUIET_HOURS.
+        """
+
     def __init__(
         self,
         *,
@@ -453,6 +472,8 @@ class GetQueueStatsResponse(_message.Message):
     QUEUE_LENGTH_FIELD_NUMBER: _builtins.int
     WORKER_HEALTHY_FIELD_NUMBER: _builtins.int
     WORKER_HEALTH_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
+    SENDERS_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """Stored as QUEUED and not yet taken by a worker."""
     in_progress: _builtins.int
@@ -468,9 +489,15 @@ class GetQueueStatsResponse(_message.Message):
     """True when a worker's arq health check was seen recently."""
     worker_health: _builtins.str
     """arq's health check line, as the worker wrote it."""
+    scheduled: _builtins.int
+    """Stored as SCHEDULED (send later, quiet hours) and not yet due."""
     @_builtins.property
     def oldest_queued_age(self) -> _duration_pb2.Duration:
         """Age of the oldest message still waiting to be sent; zero when none."""
+
+    @_builtins.property
+    def senders(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderBacklog]:
+        """Each sender's backlog (messages waiting to be handed to Twilio) and the time to drain it at its pace."""
 
     def __init__(
         self,
@@ -485,14 +512,55 @@ class GetQueueStatsResponse(_message.Message):
         queue_length: _builtins.int = ...,
         worker_healthy: _builtins.bool = ...,
         worker_health: _builtins.str = ...,
+        scheduled: _builtins.int = ...,
+        senders: _abc.Iterable[Global___SenderBacklog] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_queued_age", b"oldest_queued_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_last_hour", b"failed_last_hour", "in_progress", b"in_progress", "oldest_queued_age", b"oldest_queued_age", "queue_length", b"queue_length", "queued", b"queued", "retrying", b"retrying", "sent_last_hour", b"sent_last_hour", "sent_last_minute", b"sent_last_minute", "worker_health", b"worker_health", "worker_healthy", b"worker_healthy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_last_hour", b"failed_last_hour", "in_progress", b"in_progress", "oldest_queued_age", b"oldest_queued_age", "queue_length", b"queue_length", "queued", b"queued", "retrying", b"retrying", "scheduled", b"scheduled", "senders", b"senders", "sent_last_hour", b"sent_last_hour", "sent_last_minute", b"sent_last_minute", "worker_health", b"worker_health", "worker_healthy", b"worker_healthy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetQueueStatsResponse: _TypeAlias = GetQueueStatsResponse  # noqa: Y015
+
+@_typing.final
+class SenderBacklog(_message.Message):
+    """One sender's (From number or Messaging Service) share of the send queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    SEGMENTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    DRAIN_TIME_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    messages: _builtins.int
+    """Outbound messages of this sender that are due and not yet handed to Twilio."""
+    segments: _builtins.int
+    """Their segments."""
+    segments_per_second: _builtins.float
+    """The sender's pace in segments per second (SMS_SENDER_MPS); 0: unpaced."""
+    @_builtins.property
+    def drain_time(self) -> _duration_pb2.Duration:
+        """segments / segments_per_second; zero when unpaced."""
+
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        messages: _builtins.int = ...,
+        segments: _builtins.int = ...,
+        segments_per_second: _builtins.float = ...,
+        drain_time: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_time", b"drain_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_time", b"drain_time", "messages", b"messages", "segments", b"segments", "segments_per_second", b"segments_per_second", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SenderBacklog: _TypeAlias = SenderBacklog  # noqa: Y015
 
 @_typing.final
 class SyncFromTwilioRequest(_message.Message):
@@ -602,8 +670,9 @@ class UpdateConversationRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """contact_name, contact_id, labels (at most 10 paths of 64 bytes); other paths, or none, are INVALID_ARGUMENT
-        (INVALID_UPDATE_MASK).
+        """contact_name, contact_id, labels, time_zone (an IANA zone such as "Europe/Paris", at most 64 bytes, or
+        empty for the number's own; an unknown zone is INVALID_ARGUMENT) (at most 10 paths of 64 bytes); other
+        paths, or none, are INVALID_ARGUMENT (INVALID_UPDATE_MASK).
         """
 
     def __init__(
@@ -854,3 +923,271 @@ class GetInboxSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInboxSummaryResponse: _TypeAlias = GetInboxSummaryResponse  # noqa: Y015
+
+@_typing.final
+class CancelMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """At most 64 bytes."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMessageRequest: _TypeAlias = CancelMessageRequest  # noqa: Y015
+
+@_typing.final
+class CancelMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> _types_pb2.Message: ...
+    def __init__(
+        self,
+        *,
+        message: _types_pb2.Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMessageResponse: _TypeAlias = CancelMessageResponse  # noqa: Y015
+
+@_typing.final
+class RetryMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The FAILED or UNDELIVERED outbound message to send again. At most 64 bytes."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), per user and shared with Send's: at most 200 bytes."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryMessageRequest: _TypeAlias = RetryMessageRequest  # noqa: Y015
+
+@_typing.final
+class RetryMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """True when request_id matched an earlier call and nothing new was stored."""
+    @_builtins.property
+    def message(self) -> _types_pb2.Message:
+        """The new message (its retry_of names the failed one)."""
+
+    def __init__(
+        self,
+        *,
+        message: _types_pb2.Message | None = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryMessageResponse: _TypeAlias = RetryMessageResponse  # noqa: Y015
+
+@_typing.final
+class CreateTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _types_pb2.Template:
+        """display_name (1 to 64 bytes, unique among the owner's templates, or among the shared ones), body (1 to 1,600
+        characters, placeholders from Template.body's list only) and shared.
+        """
+
+    def __init__(
+        self,
+        *,
+        template: _types_pb2.Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTemplateRequest: _TypeAlias = CreateTemplateRequest  # noqa: Y015
+
+@_typing.final
+class CreateTemplateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _types_pb2.Template: ...
+    def __init__(
+        self,
+        *,
+        template: _types_pb2.Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTemplateResponse: _TypeAlias = CreateTemplateResponse  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0 means the default (50); values above the maximum (500) are capped; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; opaque. At most 512 bytes."""
+    query: _builtins.str
+    """Keeps the templates whose display name starts with it (any case). At most 64 bytes."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        query: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Template]: ...
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[_types_pb2.Template] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _types_pb2.Template:
+        """The template, by id (at most 64 bytes), with the new values of the fields the mask names."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """display_name, body (at most 10 paths of 64 bytes); other paths, or none, are INVALID_ARGUMENT."""
+
+    def __init__(
+        self,
+        *,
+        template: _types_pb2.Template | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTemplateRequest: _TypeAlias = UpdateTemplateRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTemplateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _types_pb2.Template: ...
+    def __init__(
+        self,
+        *,
+        template: _types_pb2.Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTemplateResponse: _TypeAlias = UpdateTemplateResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """At most 64 bytes."""
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTemplateRequest: _TypeAlias = DeleteTemplateRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTemplateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTemplateResponse: _TypeAlias = DeleteTemplateResponse  # noqa: Y015

@@ -108,6 +108,36 @@ class SmsServiceStub:
                 request_serializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryRequest.SerializeToString,
                 response_deserializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryResponse.FromString,
                 _registered_method=True)
+        self.CancelMessage = channel.unary_unary(
+                '/sms.v1.SmsService/CancelMessage',
+                request_serializer=sms_dot_v1_dot_sms__pb2.CancelMessageRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.CancelMessageResponse.FromString,
+                _registered_method=True)
+        self.RetryMessage = channel.unary_unary(
+                '/sms.v1.SmsService/RetryMessage',
+                request_serializer=sms_dot_v1_dot_sms__pb2.RetryMessageRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.RetryMessageResponse.FromString,
+                _registered_method=True)
+        self.CreateTemplate = channel.unary_unary(
+                '/sms.v1.SmsService/CreateTemplate',
+                request_serializer=sms_dot_v1_dot_sms__pb2.CreateTemplateRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.CreateTemplateResponse.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/sms.v1.SmsService/ListTemplates',
+                request_serializer=sms_dot_v1_dot_sms__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.UpdateTemplate = channel.unary_unary(
+                '/sms.v1.SmsService/UpdateTemplate',
+                request_serializer=sms_dot_v1_dot_sms__pb2.UpdateTemplateRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.UpdateTemplateResponse.FromString,
+                _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/sms.v1.SmsService/DeleteTemplate',
+                request_serializer=sms_dot_v1_dot_sms__pb2.DeleteTemplateRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.DeleteTemplateResponse.FromString,
+                _registered_method=True)
 
 
 class SmsServiceServicer:
@@ -218,6 +248,54 @@ class SmsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelMessage(self, request, context):
+        """Cancels an outbound message that is SCHEDULED or QUEUED and not yet handed to Twilio: it becomes CANCELED.
+        Once the worker has begun its attempt: FAILED_PRECONDITION (MESSAGE_ALREADY_SENDING); already final:
+        FAILED_PRECONDITION (MESSAGE_NOT_CANCELABLE). Canceling a CANCELED message again returns it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryMessage(self, request, context):
+        """Sends a FAILED or UNDELIVERED outbound message again, as a new message in the same conversation linked to
+        it both ways (retry_of / retried_by). Idempotent on request_id. Refused with FAILED_PRECONDITION when it
+        cannot succeed: the contact opted out (OPTED_OUT), the number is invalid or cannot receive SMS (Twilio
+        21211, 21614: NUMBER_NOT_RETRYABLE), the message is not a failed outbound one (MESSAGE_NOT_RETRYABLE) or
+        was retried already (MESSAGE_ALREADY_RETRIED, naming the retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTemplate(self, request, context):
+        """Creates a canned reply: personal (the caller's own), or shared with everyone (admins and the service role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """The templates the caller may use: the shared ones and their own, by display name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTemplate(self, request, context):
+        """Updates a template's display_name and body (AIP-134): its owner may, and admins (shared ones too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTemplate(self, request, context):
+        """Deletes a template: its owner may, and admins (shared ones too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SmsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -290,6 +368,36 @@ def add_SmsServiceServicer_to_server(servicer, server):
                     servicer.GetInboxSummary,
                     request_deserializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryRequest.FromString,
                     response_serializer=sms_dot_v1_dot_sms__pb2.GetInboxSummaryResponse.SerializeToString,
+            ),
+            'CancelMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelMessage,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.CancelMessageRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.CancelMessageResponse.SerializeToString,
+            ),
+            'RetryMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryMessage,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.RetryMessageRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.RetryMessageResponse.SerializeToString,
+            ),
+            'CreateTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTemplate,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.CreateTemplateRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.CreateTemplateResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'UpdateTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTemplate,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.UpdateTemplateRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.UpdateTemplateResponse.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.DeleteTemplateRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.DeleteTemplateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +782,168 @@ class SmsService:
             '/sms.v1.SmsService/GetInboxSummary',
             sms_dot_v1_dot_sms__pb2.GetInboxSummaryRequest.SerializeToString,
             sms_dot_v1_dot_sms__pb2.GetInboxSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/CancelMessage',
+            sms_dot_v1_dot_sms__pb2.CancelMessageRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.CancelMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/RetryMessage',
+            sms_dot_v1_dot_sms__pb2.RetryMessageRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.RetryMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/CreateTemplate',
+            sms_dot_v1_dot_sms__pb2.CreateTemplateRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.CreateTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/ListTemplates',
+            sms_dot_v1_dot_sms__pb2.ListTemplatesRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/UpdateTemplate',
+            sms_dot_v1_dot_sms__pb2.UpdateTemplateRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.UpdateTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/DeleteTemplate',
+            sms_dot_v1_dot_sms__pb2.DeleteTemplateRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.DeleteTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,26 @@ class SmsServiceStub:
     """Adds an internal note to a conversation's thread; never sent to Twilio."""
     GetInboxSummary: _grpc.UnaryUnaryMultiCallable[_sms_pb2.GetInboxSummaryRequest, _sms_pb2.GetInboxSummaryResponse]
     """The caller's counts: conversations assigned to them, unread among those they see, and unassigned."""
+    CancelMessage: _grpc.UnaryUnaryMultiCallable[_sms_pb2.CancelMessageRequest, _sms_pb2.CancelMessageResponse]
+    """Cancels an outbound message that is SCHEDULED or QUEUED and not yet handed to Twilio: it becomes CANCELED.
+    Once the worker has begun its attempt: FAILED_PRECONDITION (MESSAGE_ALREADY_SENDING); already final:
+    FAILED_PRECONDITION (MESSAGE_NOT_CANCELABLE). Canceling a CANCELED message again returns it.
+    """
+    RetryMessage: _grpc.UnaryUnaryMultiCallable[_sms_pb2.RetryMessageRequest, _sms_pb2.RetryMessageResponse]
+    """Sends a FAILED or UNDELIVERED outbound message again, as a new message in the same conversation linked to
+    it both ways (retry_of / retried_by). Idempotent on request_id. Refused with FAILED_PRECONDITION when it
+    cannot succeed: the contact opted out (OPTED_OUT), the number is invalid or cannot receive SMS (Twilio
+    21211, 21614: NUMBER_NOT_RETRYABLE), the message is not a failed outbound one (MESSAGE_NOT_RETRYABLE) or
+    was retried already (MESSAGE_ALREADY_RETRIED, naming the retry).
+    """
+    CreateTemplate: _grpc.UnaryUnaryMultiCallable[_sms_pb2.CreateTemplateRequest, _sms_pb2.CreateTemplateResponse]
+    """Creates a canned reply: personal (the caller's own), or shared with everyone (admins and the service role)."""
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_sms_pb2.ListTemplatesRequest, _sms_pb2.ListTemplatesResponse]
+    """The templates the caller may use: the shared ones and their own, by display name."""
+    UpdateTemplate: _grpc.UnaryUnaryMultiCallable[_sms_pb2.UpdateTemplateRequest, _sms_pb2.UpdateTemplateResponse]
+    """Updates a template's display_name and body (AIP-134): its owner may, and admins (shared ones too)."""
+    DeleteTemplate: _grpc.UnaryUnaryMultiCallable[_sms_pb2.DeleteTemplateRequest, _sms_pb2.DeleteTemplateResponse]
+    """Deletes a template: its owner may, and admins (shared ones too)."""
 
 @_typing.type_check_only
 class SmsServiceAsyncStub(SmsServiceStub):
@@ -113,6 +133,26 @@ class SmsServiceAsyncStub(SmsServiceStub):
     """Adds an internal note to a conversation's thread; never sent to Twilio."""
     GetInboxSummary: _aio.UnaryUnaryMultiCallable[_sms_pb2.GetInboxSummaryRequest, _sms_pb2.GetInboxSummaryResponse]  # type: ignore[assignment]
     """The caller's counts: conversations assigned to them, unread among those they see, and unassigned."""
+    CancelMessage: _aio.UnaryUnaryMultiCallable[_sms_pb2.CancelMessageRequest, _sms_pb2.CancelMessageResponse]  # type: ignore[assignment]
+    """Cancels an outbound message that is SCHEDULED or QUEUED and not yet handed to Twilio: it becomes CANCELED.
+    Once the worker has begun its attempt: FAILED_PRECONDITION (MESSAGE_ALREADY_SENDING); already final:
+    FAILED_PRECONDITION (MESSAGE_NOT_CANCELABLE). Canceling a CANCELED message again returns it.
+    """
+    RetryMessage: _aio.UnaryUnaryMultiCallable[_sms_pb2.RetryMessageRequest, _sms_pb2.RetryMessageResponse]  # type: ignore[assignment]
+    """Sends a FAILED or UNDELIVERED outbound message again, as a new message in the same conversation linked to
+    it both ways (retry_of / retried_by). Idempotent on request_id. Refused with FAILED_PRECONDITION when it
+    cannot succeed: the contact opted out (OPTED_OUT), the number is invalid or cannot receive SMS (Twilio
+    21211, 21614: NUMBER_NOT_RETRYABLE), the message is not a failed outbound one (MESSAGE_NOT_RETRYABLE) or
+    was retried already (MESSAGE_ALREADY_RETRIED, naming the retry).
+    """
+    CreateTemplate: _aio.UnaryUnaryMultiCallable[_sms_pb2.CreateTemplateRequest, _sms_pb2.CreateTemplateResponse]  # type: ignore[assignment]
+    """Creates a canned reply: personal (the caller's own), or shared with everyone (admins and the service role)."""
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_sms_pb2.ListTemplatesRequest, _sms_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """The templates the caller may use: the shared ones and their own, by display name."""
+    UpdateTemplate: _aio.UnaryUnaryMultiCallable[_sms_pb2.UpdateTemplateRequest, _sms_pb2.UpdateTemplateResponse]  # type: ignore[assignment]
+    """Updates a template's display_name and body (AIP-134): its owner may, and admins (shared ones too)."""
+    DeleteTemplate: _aio.UnaryUnaryMultiCallable[_sms_pb2.DeleteTemplateRequest, _sms_pb2.DeleteTemplateResponse]  # type: ignore[assignment]
+    """Deletes a template: its owner may, and admins (shared ones too)."""
 
 class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API: agents, admins and internal services send and read SMS conversations.
@@ -237,5 +277,61 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sms_pb2.GetInboxSummaryResponse, _abc.Awaitable[_sms_pb2.GetInboxSummaryResponse]]:
         """The caller's counts: conversations assigned to them, unread among those they see, and unassigned."""
+
+    @_abc_1.abstractmethod
+    def CancelMessage(
+        self,
+        request: _sms_pb2.CancelMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.CancelMessageResponse, _abc.Awaitable[_sms_pb2.CancelMessageResponse]]:
+        """Cancels an outbound message that is SCHEDULED or QUEUED and not yet handed to Twilio: it becomes CANCELED.
+        Once the worker has begun its attempt: FAILED_PRECONDITION (MESSAGE_ALREADY_SENDING); already final:
+        FAILED_PRECONDITION (MESSAGE_NOT_CANCELABLE). Canceling a CANCELED message again returns it.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryMessage(
+        self,
+        request: _sms_pb2.RetryMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.RetryMessageResponse, _abc.Awaitable[_sms_pb2.RetryMessageResponse]]:
+        """Sends a FAILED or UNDELIVERED outbound message again, as a new message in the same conversation linked to
+        it both ways (retry_of / retried_by). Idempotent on request_id. Refused with FAILED_PRECONDITION when it
+        cannot succeed: the contact opted out (OPTED_OUT), the number is invalid or cannot receive SMS (Twilio
+        21211, 21614: NUMBER_NOT_RETRYABLE), the message is not a failed outbound one (MESSAGE_NOT_RETRYABLE) or
+        was retried already (MESSAGE_ALREADY_RETRIED, naming the retry).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTemplate(
+        self,
+        request: _sms_pb2.CreateTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.CreateTemplateResponse, _abc.Awaitable[_sms_pb2.CreateTemplateResponse]]:
+        """Creates a canned reply: personal (the caller's own), or shared with everyone (admins and the service role)."""
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _sms_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.ListTemplatesResponse, _abc.Awaitable[_sms_pb2.ListTemplatesResponse]]:
+        """The templates the caller may use: the shared ones and their own, by display name."""
+
+    @_abc_1.abstractmethod
+    def UpdateTemplate(
+        self,
+        request: _sms_pb2.UpdateTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.UpdateTemplateResponse, _abc.Awaitable[_sms_pb2.UpdateTemplateResponse]]:
+        """Updates a template's display_name and body (AIP-134): its owner may, and admins (shared ones too)."""
+
+    @_abc_1.abstractmethod
+    def DeleteTemplate(
+        self,
+        request: _sms_pb2.DeleteTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.DeleteTemplateResponse, _abc.Awaitable[_sms_pb2.DeleteTemplateResponse]]:
+        """Deletes a template: its owner may, and admins (shared ones too)."""
 
 def add_SmsServiceServicer_to_server(servicer: SmsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sms/v1/types.proto\x12\x06sms.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x05Media\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"\x9b\x01\n\x0cStatusChange\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\"\x8c\x05\n\x07Message\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\tdirection\x18\x03 \x01(\x0e\x32\x11.sms.v1.DirectionB\x04\xe2\x41\x01\x03\x12\x13\n\x0b\x66rom_number\x18\x04 \x01(\t\x12\x11\n\tto_number\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12\x1c\n\x05media\x18\x07 \x03(\x0b\x32\r.sms.v1.Media\x12+\n\x06status\x18\x08 \x01(\x0e\x32\x15.sms.v1.MessageStatusB\x04\xe2\x41\x01\x03\x12\x32\n\x0estatus_history\x18\t \x03(\x0b\x32\x14.sms.v1.StatusChangeB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_code\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rerror_message\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ntwilio_sid\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05owner\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\ncontact_id\x18\x0e \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x16\n\x08\x61ttempts\x18\x10 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08segments\x18\x11 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05price\x18\x12 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nprice_unit\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61uthor\x18\x16 \x01(\tB\x04\xe2\x41\x01\x03\"\x81\x04\n\x0c\x43onversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\nour_number\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontact_number\x18\x03 \x01(\t\x12\x12\n\ncontact_id\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x1c\n\x14last_message_preview\x18\x06 \x01(\t\x12\x35\n\x11last_message_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x16last_message_direction\x18\x08 \x01(\x0e\x32\x11.sms.v1.Direction\x12\x14\n\x0cunread_count\x18\t \x01(\x05\x12\x15\n\rmessage_count\x18\n \x01(\x05\x12\x11\n\topted_out\x18\x0b \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x14\n\x0c\x63ontact_name\x18\x0e \x01(\t\x12\x0e\n\x06labels\x18\x0f \x03(\t\x12\x34\n\x12\x61ssignment_history\x18\x10 \x03(\x0b\x32\x12.sms.v1.AssignmentB\x04\xe2\x41\x01\x03\"q\n\nAssignment\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x15\n\rfrom_assignee\x18\x02 \x01(\t\x12\x13\n\x0bto_assignee\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbb\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04type\x18\x02 \x01(\x0e\x32\x11.sms.v1.EventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07message\x18\x04 \x01(\x0b\x32\x0f.sms.v1.MessageH\x00\x12,\n\x0c\x63onversation\x18\x05 \x01(\x0b\x32\x14.sms.v1.ConversationH\x00\x42\t\n\x07payload*i\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x01\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x02\x12\x12\n\x0e\x44IRECTION_NOTE\x10\x03*\xac\x03\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18MESSAGE_STATUS_SCHEDULED\x10\x02\x12\x19\n\x15MESSAGE_STATUS_QUEUED\x10\x03\x12\x1a\n\x16MESSAGE_STATUS_SENDING\x10\x04\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x05\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x06\x12\x1e\n\x1aMESSAGE_STATUS_UNDELIVERED\x10\x07\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x08\x12\x17\n\x13MESSAGE_STATUS_READ\x10\t\x12\x1c\n\x18MESSAGE_STATUS_RECEIVING\x10\n\x12\x1b\n\x17MESSAGE_STATUS_RECEIVED\x10\x0b\x12\x1b\n\x17MESSAGE_STATUS_CANCELED\x10\x0c\x12&\n\"MESSAGE_STATUS_PARTIALLY_DELIVERED\x10\r*\x8c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45VENT_TYPE_MESSAGE_CREATED\x10\x01\x12\x1e\n\x1a\x45VENT_TYPE_MESSAGE_UPDATED\x10\x02\x12#\n\x1f\x45VENT_TYPE_CONVERSATION_UPDATED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sms/v1/types.proto\x12\x06sms.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x05Media\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"\x9b\x01\n\x0cStatusChange\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.sms.v1.MessageStatus\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\"\xd9\x06\n\x07Message\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\tdirection\x18\x03 \x01(\x0e\x32\x11.sms.v1.DirectionB\x04\xe2\x41\x01\x03\x12\x13\n\x0b\x66rom_number\x18\x04 \x01(\t\x12\x11\n\tto_number\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12\x1c\n\x05media\x18\x07 \x03(\x0b\x32\r.sms.v1.Media\x12+\n\x06status\x18\x08 \x01(\x0e\x32\x15.sms.v1.MessageStatusB\x04\xe2\x41\x01\x03\x12\x32\n\x0estatus_history\x18\t \x03(\x0b\x32\x14.sms.v1.StatusChangeB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_code\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rerror_message\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ntwilio_sid\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05owner\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\ncontact_id\x18\x0e \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x16\n\x08\x61ttempts\x18\x10 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08segments\x18\x11 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05price\x18\x12 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nprice_unit\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61uthor\x18\x16 \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x0escheduled_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0fschedule_reason\x18\x18 \x01(\x0e\x32\x16.sms.v1.ScheduleReasonB\x04\xe2\x41\x01\x03\x12(\n\x08\x65ncoding\x18\x19 \x01(\x0e\x32\x10.sms.v1.EncodingB\x04\xe2\x41\x01\x03\x12\x16\n\x08retry_of\x18\x1a \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nretried_by\x18\x1b \x01(\tB\x04\xe2\x41\x01\x03\"\xd3\x01\n\x08Template\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x0e\n\x06shared\x18\x04 \x01(\x08\x12\x13\n\x05owner\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x94\x04\n\x0c\x43onversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\nour_number\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontact_number\x18\x03 \x01(\t\x12\x12\n\ncontact_id\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x1c\n\x14last_message_preview\x18\x06 \x01(\t\x12\x35\n\x11last_message_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x16last_message_direction\x18\x08 \x01(\x0e\x32\x11.sms.v1.Direction\x12\x14\n\x0cunread_count\x18\t \x01(\x05\x12\x15\n\rmessage_count\x18\n \x01(\x05\x12\x11\n\topted_out\x18\x0b \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x14\n\x0c\x63ontact_name\x18\x0e \x01(\t\x12\x0e\n\x06labels\x18\x0f \x03(\t\x12\x34\n\x12\x61ssignment_history\x18\x10 \x03(\x0b\x32\x12.sms.v1.AssignmentB\x04\xe2\x41\x01\x03\x12\x11\n\ttime_zone\x18\x11 \x01(\t\"q\n\nAssignment\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x15\n\rfrom_assignee\x18\x02 \x01(\t\x12\x13\n\x0bto_assignee\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbb\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04type\x18\x02 \x01(\x0e\x32\x11.sms.v1.EventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07message\x18\x04 \x01(\x0b\x32\x0f.sms.v1.MessageH\x00\x12,\n\x0c\x63onversation\x18\x05 \x01(\x0b\x32\x14.sms.v1.ConversationH\x00\x42\t\n\x07payload*i\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x01\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x02\x12\x12\n\x0e\x44IRECTION_NOTE\x10\x03*\xac\x03\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18MESSAGE_STATUS_SCHEDULED\x10\x02\x12\x19\n\x15MESSAGE_STATUS_QUEUED\x10\x03\x12\x1a\n\x16MESSAGE_STATUS_SENDING\x10\x04\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x05\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x06\x12\x1e\n\x1aMESSAGE_STATUS_UNDELIVERED\x10\x07\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x08\x12\x17\n\x13MESSAGE_STATUS_READ\x10\t\x12\x1c\n\x18MESSAGE_STATUS_RECEIVING\x10\n\x12\x1b\n\x17MESSAGE_STATUS_RECEIVED\x10\x0b\x12\x1b\n\x17MESSAGE_STATUS_CANCELED\x10\x0c\x12&\n\"MESSAGE_STATUS_PARTIALLY_DELIVERED\x10\r*q\n\x0eScheduleReason\x12\x1f\n\x1bSCHEDULE_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19SCHEDULE_REASON_REQUESTED\x10\x01\x12\x1f\n\x1bSCHEDULE_REASON_QUIET_HOURS\x10\x02*J\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x11\n\rENCODING_GSM7\x10\x01\x12\x11\n\rENCODING_UCS2\x10\x02*\x8c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45VENT_TYPE_MESSAGE_CREATED\x10\x01\x12\x1e\n\x1a\x45VENT_TYPE_MESSAGE_UPDATED\x10\x02\x12#\n\x1f\x45VENT_TYPE_CONVERSATION_UPDATED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,6 +65,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_MESSAGE'].fields_by_name['author']._loaded_options = None
   _globals['_MESSAGE'].fields_by_name['author']._serialized_options = b'\342A\001\003'
+  _globals['_MESSAGE'].fields_by_name['scheduled_time']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['scheduled_time']._serialized_options = b'\342A\001\003'
+  _globals['_MESSAGE'].fields_by_name['schedule_reason']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['schedule_reason']._serialized_options = b'\342A\001\003'
+  _globals['_MESSAGE'].fields_by_name['encoding']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['encoding']._serialized_options = b'\342A\001\003'
+  _globals['_MESSAGE'].fields_by_name['retry_of']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['retry_of']._serialized_options = b'\342A\001\003'
+  _globals['_MESSAGE'].fields_by_name['retried_by']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['retried_by']._serialized_options = b'\342A\001\003'
+  _globals['_TEMPLATE'].fields_by_name['id']._loaded_options = None
+  _globals['_TEMPLATE'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_TEMPLATE'].fields_by_name['owner']._loaded_options = None
+  _globals['_TEMPLATE'].fields_by_name['owner']._serialized_options = b'\342A\001\003'
+  _globals['_TEMPLATE'].fields_by_name['create_time']._loaded_options = None
+  _globals['_TEMPLATE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_TEMPLATE'].fields_by_name['update_time']._loaded_options = None
+  _globals['_TEMPLATE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CONVERSATION'].fields_by_name['id']._loaded_options = None
   _globals['_CONVERSATION'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_CONVERSATION'].fields_by_name['create_time']._loaded_options = None
@@ -73,22 +91,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CONVERSATION'].fields_by_name['assignment_history']._loaded_options = None
   _globals['_CONVERSATION'].fields_by_name['assignment_history']._serialized_options = b'\342A\001\003'
-  _globals['_DIRECTION']._serialized_start=1774
-  _globals['_DIRECTION']._serialized_end=1879
-  _globals['_MESSAGESTATUS']._serialized_start=1882
-  _globals['_MESSAGESTATUS']._serialized_end=2310
-  _globals['_EVENTTYPE']._serialized_start=2313
-  _globals['_EVENTTYPE']._serialized_end=2453
+  _globals['_DIRECTION']._serialized_start=2212
+  _globals['_DIRECTION']._serialized_end=2317
+  _globals['_MESSAGESTATUS']._serialized_start=2320
+  _globals['_MESSAGESTATUS']._serialized_end=2748
+  _globals['_SCHEDULEREASON']._serialized_start=2750
+  _globals['_SCHEDULEREASON']._serialized_end=2863
+  _globals['_ENCODING']._serialized_start=2865
+  _globals['_ENCODING']._serialized_end=2939
+  _globals['_EVENTTYPE']._serialized_start=2942
+  _globals['_EVENTTYPE']._serialized_end=3082
   _globals['_MEDIA']._serialized_start=96
   _globals['_MEDIA']._serialized_end=138
   _globals['_STATUSCHANGE']._serialized_start=141
   _globals['_STATUSCHANGE']._serialized_end=296
   _globals['_MESSAGE']._serialized_start=299
-  _globals['_MESSAGE']._serialized_end=951
-  _globals['_CONVERSATION']._serialized_start=954
-  _globals['_CONVERSATION']._serialized_end=1467
-  _globals['_ASSIGNMENT']._serialized_start=1469
-  _globals['_ASSIGNMENT']._serialized_end=1582
-  _globals['_EVENT']._serialized_start=1585
-  _globals['_EVENT']._serialized_end=1772
+  _globals['_MESSAGE']._serialized_end=1156
+  _globals['_TEMPLATE']._serialized_start=1159
+  _globals['_TEMPLATE']._serialized_end=1370
+  _globals['_CONVERSATION']._serialized_start=1373
+  _globals['_CONVERSATION']._serialized_end=1905
+  _globals['_ASSIGNMENT']._serialized_start=1907
+  _globals['_ASSIGNMENT']._serialized_end=2020
+  _globals['_EVENT']._serialized_start=2023
+  _globals['_EVENT']._serialized_end=2210
 # @@protoc_insertion_point(module_scope)

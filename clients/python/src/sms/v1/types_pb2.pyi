@@ -92,6 +92,49 @@ MESSAGE_STATUS_CANCELED: MessageStatus.ValueType  # 12
 MESSAGE_STATUS_PARTIALLY_DELIVERED: MessageStatus.ValueType  # 13
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
 
+class _ScheduleReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScheduleReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScheduleReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEDULE_REASON_UNSPECIFIED: _ScheduleReason.ValueType  # 0
+    SCHEDULE_REASON_REQUESTED: _ScheduleReason.ValueType  # 1
+    """The caller asked for a send time (SendRequest.send_at)."""
+    SCHEDULE_REASON_QUIET_HOURS: _ScheduleReason.ValueType  # 2
+    """It was asked for during the contact's quiet hours (SMS_QUIET_HOURS) and waits for their end."""
+
+class ScheduleReason(_ScheduleReason, metaclass=_ScheduleReasonEnumTypeWrapper):
+    """Why an outbound message waits as SCHEDULED."""
+
+SCHEDULE_REASON_UNSPECIFIED: ScheduleReason.ValueType  # 0
+SCHEDULE_REASON_REQUESTED: ScheduleReason.ValueType  # 1
+"""The caller asked for a send time (SendRequest.send_at)."""
+SCHEDULE_REASON_QUIET_HOURS: ScheduleReason.ValueType  # 2
+"""It was asked for during the contact's quiet hours (SMS_QUIET_HOURS) and waits for their end."""
+Global___ScheduleReason: _TypeAlias = ScheduleReason  # noqa: Y015
+
+class _Encoding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Encoding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENCODING_UNSPECIFIED: _Encoding.ValueType  # 0
+    ENCODING_GSM7: _Encoding.ValueType  # 1
+    ENCODING_UCS2: _Encoding.ValueType  # 2
+
+class Encoding(_Encoding, metaclass=_EncodingEnumTypeWrapper):
+    """The character set an SMS body needs (Twilio's rules): GSM-7 fits 160 characters in one segment and 153 per
+    part of a longer message (extension characters such as € count twice); any other character makes the whole
+    message UCS-2, 70 UTF-16 units in one segment and 67 per part.
+    """
+
+ENCODING_UNSPECIFIED: Encoding.ValueType  # 0
+ENCODING_GSM7: Encoding.ValueType  # 1
+ENCODING_UCS2: Encoding.ValueType  # 2
+Global___Encoding: _TypeAlias = Encoding  # noqa: Y015
+
 class _EventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -207,6 +250,11 @@ class Message(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     AUTHOR_FIELD_NUMBER: _builtins.int
+    SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_REASON_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
+    RETRY_OF_FIELD_NUMBER: _builtins.int
+    RETRIED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     conversation_id: _builtins.str
     direction: Global___Direction.ValueType
@@ -232,6 +280,14 @@ class Message(_message.Message):
     price_unit: _builtins.str
     author: _builtins.str
     """Who wrote it: the user who sent an outbound message or wrote a note; empty for inbound."""
+    schedule_reason: Global___ScheduleReason.ValueType
+    """Why it was scheduled; SCHEDULE_REASON_UNSPECIFIED when it was not."""
+    encoding: Global___Encoding.ValueType
+    """Outbound: the encoding its body needs, with `segments` computed by Twilio's rules when it was stored."""
+    retry_of: _builtins.str
+    """The failed message this one sends again (RetryMessage); empty otherwise."""
+    retried_by: _builtins.str
+    """The message that sent this failed one again; empty until RetryMessage."""
     @_builtins.property
     def media(self) -> _containers.RepeatedCompositeFieldContainer[Global___Media]: ...
     @_builtins.property
@@ -240,6 +296,10 @@ class Message(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scheduled_time(self) -> _timestamp_pb2.Timestamp:
+        """Outbound: when a SCHEDULED message is to be sent (send later, or the end of the contact's quiet hours)."""
+
     def __init__(
         self,
         *,
@@ -265,14 +325,67 @@ class Message(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         author: _builtins.str = ...,
+        scheduled_time: _timestamp_pb2.Timestamp | None = ...,
+        schedule_reason: Global___ScheduleReason.ValueType = ...,
+        encoding: Global___Encoding.ValueType = ...,
+        retry_of: _builtins.str = ...,
+        retried_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "scheduled_time", b"scheduled_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "author", b"author", "body", b"body", "contact_id", b"contact_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "direction", b"direction", "error_code", b"error_code", "error_message", b"error_message", "from_number", b"from_number", "id", b"id", "media", b"media", "owner", b"owner", "price", b"price", "price_unit", b"price_unit", "request_id", b"request_id", "segments", b"segments", "status", b"status", "status_history", b"status_history", "to_number", b"to_number", "twilio_sid", b"twilio_sid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "author", b"author", "body", b"body", "contact_id", b"contact_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "direction", b"direction", "encoding", b"encoding", "error_code", b"error_code", "error_message", b"error_message", "from_number", b"from_number", "id", b"id", "media", b"media", "owner", b"owner", "price", b"price", "price_unit", b"price_unit", "request_id", b"request_id", "retried_by", b"retried_by", "retry_of", b"retry_of", "schedule_reason", b"schedule_reason", "scheduled_time", b"scheduled_time", "segments", b"segments", "status", b"status", "status_history", b"status_history", "to_number", b"to_number", "twilio_sid", b"twilio_sid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Template(_message.Message):
+    """A canned reply an agent inserts in the composer, with its placeholders filled from the conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """At most 64 bytes."""
+    display_name: _builtins.str
+    """1 to 64 bytes; unique among its owner's templates (or among the shared ones)."""
+    body: _builtins.str
+    """1 to 1,600 characters. Placeholders: {{contact_name}}, {{contact_number}}, {{contact_id}}, {{agent}}
+    (the user inserting it); any other {{...}} is INVALID_ARGUMENT.
+    """
+    shared: _builtins.bool
+    """Shared with every user (made by an admin or the service role); otherwise personal to its owner."""
+    owner: _builtins.str
+    """The user who made it."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        body: _builtins.str = ...,
+        shared: _builtins.bool = ...,
+        owner: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "display_name", b"display_name", "id", b"id", "owner", b"owner", "shared", b"shared", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
 
 @_typing.final
 class Conversation(_message.Message):
@@ -296,6 +409,7 @@ class Conversation(_message.Message):
     CONTACT_NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ASSIGNMENT_HISTORY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     our_number: _builtins.str
     contact_number: _builtins.str
@@ -311,6 +425,8 @@ class Conversation(_message.Message):
     opted_out: _builtins.bool
     contact_name: _builtins.str
     """The contact's name, as the CRM or an agent set it (UpdateConversation); empty when unknown."""
+    time_zone: _builtins.str
+    """The contact's IANA time zone for quiet hours (UpdateConversation); empty: taken from the number."""
     @_builtins.property
     def last_message_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -344,10 +460,11 @@ class Conversation(_message.Message):
         contact_name: _builtins.str = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         assignment_history: _abc.Iterable[Global___Assignment] | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_message_time", b"last_message_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_history", b"assignment_history", "contact_id", b"contact_id", "contact_name", b"contact_name", "contact_number", b"contact_number", "create_time", b"create_time", "id", b"id", "labels", b"labels", "last_message_direction", b"last_message_direction", "last_message_preview", b"last_message_preview", "last_message_time", b"last_message_time", "message_count", b"message_count", "opted_out", b"opted_out", "our_number", b"our_number", "owner", b"owner", "unread_count", b"unread_count", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_history", b"assignment_history", "contact_id", b"contact_id", "contact_name", b"contact_name", "contact_number", b"contact_number", "create_time", b"create_time", "id", b"id", "labels", b"labels", "last_message_direction", b"last_message_direction", "last_message_preview", b"last_message_preview", "last_message_time", b"last_message_time", "message_count", b"message_count", "opted_out", b"opted_out", "our_number", b"our_number", "owner", b"owner", "time_zone", b"time_zone", "unread_count", b"unread_count", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

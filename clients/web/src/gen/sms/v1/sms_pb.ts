@@ -7,7 +7,7 @@ import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Conversation, Event, Message as Message$1 } from "./types_pb.js";
+import type { Conversation, Event, Message as Message$1, Template } from "./types_pb.js";
 import { file_sms_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sms/v1/sms.proto.
  */
 export const file_sms_v1_sms: GenFile = /*@__PURE__*/
-  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEiaQoLU2VuZFJlcXVlc3QSEAoCdG8YASABKAlCBOJBAQISDAoEYm9keRgCIAEoCRISCgptZWRpYV91cmxzGAMgAygJEhIKCmNvbnRhY3RfaWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJDCgxTZW5kUmVzcG9uc2USIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCItChFHZXRNZXNzYWdlUmVxdWVzdBIYCgptZXNzYWdlX2lkGAEgASgJQgTiQQECIjYKEkdldE1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiNwoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiRQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJgChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEg0KBXF1ZXJ5GAQgASgJImEKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USKwoNY29udmVyc2F0aW9ucxgBIAMoCzIULnNtcy52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlsKE0xpc3RNZXNzYWdlc1JlcXVlc3QSHQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlIKFExpc3RNZXNzYWdlc1Jlc3BvbnNlEiEKCG1lc3NhZ2VzGAEgAygLMg8uc21zLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjwKG01hcmtDb252ZXJzYXRpb25SZWFkUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQIiSgocTWFya0NvbnZlcnNhdGlvblJlYWRSZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlUKEFN1YnNjcmliZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhQKDHJlc3VtZV90b2tlbhgCIAEoCRISCgphbGxfb3duZXJzGAMgASgIIkwKCUhlYXJ0YmVhdBIVCg1sYXN0X2V2ZW50X2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjcKDlJlc3luY1JlcXVpcmVkEg4KBnJlYXNvbhgBIAEoCRIVCg1sYXN0X2V2ZW50X2lkGAIgASgJIpoBChFTdWJzY3JpYmVSZXNwb25zZRIeCgVldmVudBgBIAEoCzINLnNtcy52MS5FdmVudEgAEiYKCWhlYXJ0YmVhdBgCIAEoCzIRLnNtcy52MS5IZWFydGJlYXRIABIxCg9yZXN5bmNfcmVxdWlyZWQYAyABKAsyFi5zbXMudjEuUmVzeW5jUmVxdWlyZWRIAEIKCghyZXNwb25zZSIWChRHZXRRdWV1ZVN0YXRzUmVxdWVzdCKVAgoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEg4KBnF1ZXVlZBgBIAEoAxITCgtpbl9wcm9ncmVzcxgCIAEoAxIQCghyZXRyeWluZxgDIAEoAxIYChBmYWlsZWRfbGFzdF9ob3VyGAQgASgDEhgKEHNlbnRfbGFzdF9taW51dGUYBSABKAMSFgoOc2VudF9sYXN0X2hvdXIYBiABKAMSNAoRb2xkZXN0X3F1ZXVlZF9hZ2UYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMcXVldWVfbGVuZ3RoGAggASgDEhYKDndvcmtlcl9oZWFsdGh5GAkgASgIEhUKDXdvcmtlcl9oZWFsdGgYCiABKAkiewoVU3luY0Zyb21Ud2lsaW9SZXF1ZXN0EjQKCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQECEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKwAgoWU3luY0Zyb21Ud2lsaW9SZXNwb25zZRIPCgdzY2FubmVkGAEgASgFEg8KB2NyZWF0ZWQYAiABKAUSDwoHdXBkYXRlZBgDIAEoBRIQCghjb21wbGV0ZRgEIAEoCBI+CgtzdG9wX3JlYXNvbhgFIAEoDjIpLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlLlN0b3BSZWFzb24SMAoMcmVhY2hlZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJfCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU1RPUF9SRUFTT05fUEFHRV9MSU1JVBABEhgKFFNUT1BfUkVBU09OX0RFQURMSU5FEAIihAEKGVVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSMAoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQIiSAoaVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJMChlBc3NpZ25Db252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAhIQCghhc3NpZ25lZRgCIAEoCSJIChpBc3NpZ25Db252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFVNlYXJjaE1lc3NhZ2VzUmVxdWVzdBITCgVxdWVyeRgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJaCgpNZXNzYWdlSGl0EiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZRIqCgxjb252ZXJzYXRpb24YAiABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USIAoEaGl0cxgBIAMoCzISLnNtcy52MS5NZXNzYWdlSGl0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJXCg5BZGROb3RlUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEgoEYm9keRgCIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAMgASgJIjMKD0FkZE5vdGVSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiGAoWR2V0SW5ib3hTdW1tYXJ5UmVxdWVzdCJLChdHZXRJbmJveFN1bW1hcnlSZXNwb25zZRIMCgRtaW5lGAEgASgFEg4KBnVucmVhZBgCIAEoBRISCgp1bmFzc2lnbmVkGAMgASgFMt4ICgpTbXNTZXJ2aWNlEjEKBFNlbmQSEy5zbXMudjEuU2VuZFJlcXVlc3QaFC5zbXMudjEuU2VuZFJlc3BvbnNlEkMKCkdldE1lc3NhZ2USGS5zbXMudjEuR2V0TWVzc2FnZVJlcXVlc3QaGi5zbXMudjEuR2V0TWVzc2FnZVJlc3BvbnNlElIKD0dldENvbnZlcnNhdGlvbhIeLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0Gh8uc21zLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlElgKEUxpc3RDb252ZXJzYXRpb25zEiAuc21zLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBohLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEkkKDExpc3RNZXNzYWdlcxIbLnNtcy52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0Ghwuc21zLnYxLkxpc3RNZXNzYWdlc1Jlc3BvbnNlEmEKFE1hcmtDb252ZXJzYXRpb25SZWFkEiMuc21zLnYxLk1hcmtDb252ZXJzYXRpb25SZWFkUmVxdWVzdBokLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEkIKCVN1YnNjcmliZRIYLnNtcy52MS5TdWJzY3JpYmVSZXF1ZXN0Ghkuc21zLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESTAoNR2V0UXVldWVTdGF0cxIcLnNtcy52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBodLnNtcy52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USTwoOU3luY0Zyb21Ud2lsaW8SHS5zbXMudjEuU3luY0Zyb21Ud2lsaW9SZXF1ZXN0Gh4uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVzcG9uc2USWwoSVXBkYXRlQ29udmVyc2F0aW9uEiEuc21zLnYxLlVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QaIi5zbXMudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USWwoSQXNzaWduQ29udmVyc2F0aW9uEiEuc21zLnYxLkFzc2lnbkNvbnZlcnNhdGlvblJlcXVlc3QaIi5zbXMudjEuQXNzaWduQ29udmVyc2F0aW9uUmVzcG9uc2USTwoOU2VhcmNoTWVzc2FnZXMSHS5zbXMudjEuU2VhcmNoTWVzc2FnZXNSZXF1ZXN0Gh4uc21zLnYxLlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USOgoHQWRkTm90ZRIWLnNtcy52MS5BZGROb3RlUmVxdWVzdBoXLnNtcy52MS5BZGROb3RlUmVzcG9uc2USUgoPR2V0SW5ib3hTdW1tYXJ5Eh4uc21zLnYxLkdldEluYm94U3VtbWFyeVJlcXVlc3QaHy5zbXMudjEuR2V0SW5ib3hTdW1tYXJ5UmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_sms_v1_types]);
+  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEisgEKC1NlbmRSZXF1ZXN0EhAKAnRvGAEgASgJQgTiQQECEgwKBGJvZHkYAiABKAkSEgoKbWVkaWFfdXJscxgDIAMoCRISCgpjb250YWN0X2lkGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSKwoHc2VuZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSaWdub3JlX3F1aWV0X2hvdXJzGAcgASgIIkMKDFNlbmRSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIi0KEUdldE1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQIiNgoSR2V0TWVzc2FnZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZSI3ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJFChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uImAKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSDQoFcXVlcnkYBCABKAkiYQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIrCg1jb252ZXJzYXRpb25zGAEgAygLMhQuc21zLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USIQoIbWVzc2FnZXMYASADKAsyDy5zbXMudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAobTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJKChxNYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iVQoQU3Vic2NyaWJlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhIKCmFsbF9vd25lcnMYAyABKAgiTAoJSGVhcnRiZWF0EhUKDWxhc3RfZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoOUmVzeW5jUmVxdWlyZWQSDgoGcmVhc29uGAEgASgJEhUKDWxhc3RfZXZlbnRfaWQYAiABKAkimgEKEVN1YnNjcmliZVJlc3BvbnNlEh4KBWV2ZW50GAEgASgLMg0uc21zLnYxLkV2ZW50SAASJgoJaGVhcnRiZWF0GAIgASgLMhEuc21zLnYxLkhlYXJ0YmVhdEgAEjEKD3Jlc3luY19yZXF1aXJlZBgDIAEoCzIWLnNtcy52MS5SZXN5bmNSZXF1aXJlZEgAQgoKCHJlc3BvbnNlIhYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0ItACChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDgoGcXVldWVkGAEgASgDEhMKC2luX3Byb2dyZXNzGAIgASgDEhAKCHJldHJ5aW5nGAMgASgDEhgKEGZhaWxlZF9sYXN0X2hvdXIYBCABKAMSGAoQc2VudF9sYXN0X21pbnV0ZRgFIAEoAxIWCg5zZW50X2xhc3RfaG91chgGIAEoAxI0ChFvbGRlc3RfcXVldWVkX2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxxdWV1ZV9sZW5ndGgYCCABKAMSFgoOd29ya2VyX2hlYWx0aHkYCSABKAgSFQoNd29ya2VyX2hlYWx0aBgKIAEoCRIRCglzY2hlZHVsZWQYCyABKAMSJgoHc2VuZGVycxgMIAMoCzIVLnNtcy52MS5TZW5kZXJCYWNrbG9nIo8BCg1TZW5kZXJCYWNrbG9nEg4KBnNlbmRlchgBIAEoCRIQCghtZXNzYWdlcxgCIAEoAxIQCghzZWdtZW50cxgDIAEoAxIbChNzZWdtZW50c19wZXJfc2Vjb25kGAQgASgBEi0KCmRyYWluX3RpbWUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iewoVU3luY0Zyb21Ud2lsaW9SZXF1ZXN0EjQKCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQECEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKwAgoWU3luY0Zyb21Ud2lsaW9SZXNwb25zZRIPCgdzY2FubmVkGAEgASgFEg8KB2NyZWF0ZWQYAiABKAUSDwoHdXBkYXRlZBgDIAEoBRIQCghjb21wbGV0ZRgEIAEoCBI+CgtzdG9wX3JlYXNvbhgFIAEoDjIpLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlLlN0b3BSZWFzb24SMAoMcmVhY2hlZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJfCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU1RPUF9SRUFTT05fUEFHRV9MSU1JVBABEhgKFFNUT1BfUkVBU09OX0RFQURMSU5FEAIihAEKGVVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSMAoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQIiSAoaVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJMChlBc3NpZ25Db252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAhIQCghhc3NpZ25lZRgCIAEoCSJIChpBc3NpZ25Db252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFVNlYXJjaE1lc3NhZ2VzUmVxdWVzdBITCgVxdWVyeRgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJaCgpNZXNzYWdlSGl0EiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZRIqCgxjb252ZXJzYXRpb24YAiABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USIAoEaGl0cxgBIAMoCzISLnNtcy52MS5NZXNzYWdlSGl0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJXCg5BZGROb3RlUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEgoEYm9keRgCIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAMgASgJIjMKD0FkZE5vdGVSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiGAoWR2V0SW5ib3hTdW1tYXJ5UmVxdWVzdCJLChdHZXRJbmJveFN1bW1hcnlSZXNwb25zZRIMCgRtaW5lGAEgASgFEg4KBnVucmVhZBgCIAEoBRISCgp1bmFzc2lnbmVkGAMgASgFIjAKFENhbmNlbE1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQIiOQoVQ2FuY2VsTWVzc2FnZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZSJDChNSZXRyeU1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQISEgoKcmVxdWVzdF9pZBgCIAEoCSJLChRSZXRyeU1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIkEKFUNyZWF0ZVRlbXBsYXRlUmVxdWVzdBIoCgh0ZW1wbGF0ZRgBIAEoCzIQLnNtcy52MS5UZW1wbGF0ZUIE4kEBAiI8ChZDcmVhdGVUZW1wbGF0ZVJlc3BvbnNlEiIKCHRlbXBsYXRlGAEgASgLMhAuc21zLnYxLlRlbXBsYXRlIkwKFExpc3RUZW1wbGF0ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXF1ZXJ5GAMgASgJIlUKFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRIjCgl0ZW1wbGF0ZXMYASADKAsyEC5zbXMudjEuVGVtcGxhdGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIngKFVVwZGF0ZVRlbXBsYXRlUmVxdWVzdBIoCgh0ZW1wbGF0ZRgBIAEoCzIQLnNtcy52MS5UZW1wbGF0ZUIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQIiPAoWVXBkYXRlVGVtcGxhdGVSZXNwb25zZRIiCgh0ZW1wbGF0ZRgBIAEoCzIQLnNtcy52MS5UZW1wbGF0ZSIyChVEZWxldGVUZW1wbGF0ZVJlcXVlc3QSGQoLdGVtcGxhdGVfaWQYASABKAlCBOJBAQIiGAoWRGVsZXRlVGVtcGxhdGVSZXNwb25zZTK4DAoKU21zU2VydmljZRIxCgRTZW5kEhMuc21zLnYxLlNlbmRSZXF1ZXN0GhQuc21zLnYxLlNlbmRSZXNwb25zZRJDCgpHZXRNZXNzYWdlEhkuc21zLnYxLkdldE1lc3NhZ2VSZXF1ZXN0Ghouc21zLnYxLkdldE1lc3NhZ2VSZXNwb25zZRJSCg9HZXRDb252ZXJzYXRpb24SHi5zbXMudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBofLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJYChFMaXN0Q29udmVyc2F0aW9ucxIgLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaIS5zbXMudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJJCgxMaXN0TWVzc2FnZXMSGy5zbXMudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBocLnNtcy52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJhChRNYXJrQ29udmVyc2F0aW9uUmVhZBIjLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlcXVlc3QaJC5zbXMudjEuTWFya0NvbnZlcnNhdGlvblJlYWRSZXNwb25zZRJCCglTdWJzY3JpYmUSGC5zbXMudjEuU3Vic2NyaWJlUmVxdWVzdBoZLnNtcy52MS5TdWJzY3JpYmVSZXNwb25zZTABEkwKDUdldFF1ZXVlU3RhdHMSHC5zbXMudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHS5zbXMudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEk8KDlN5bmNGcm9tVHdpbGlvEh0uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVxdWVzdBoeLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlElsKElVwZGF0ZUNvbnZlcnNhdGlvbhIhLnNtcy52MS5VcGRhdGVDb252ZXJzYXRpb25SZXF1ZXN0GiIuc21zLnYxLlVwZGF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlElsKEkFzc2lnbkNvbnZlcnNhdGlvbhIhLnNtcy52MS5Bc3NpZ25Db252ZXJzYXRpb25SZXF1ZXN0GiIuc21zLnYxLkFzc2lnbkNvbnZlcnNhdGlvblJlc3BvbnNlEk8KDlNlYXJjaE1lc3NhZ2VzEh0uc21zLnYxLlNlYXJjaE1lc3NhZ2VzUmVxdWVzdBoeLnNtcy52MS5TZWFyY2hNZXNzYWdlc1Jlc3BvbnNlEjoKB0FkZE5vdGUSFi5zbXMudjEuQWRkTm90ZVJlcXVlc3QaFy5zbXMudjEuQWRkTm90ZVJlc3BvbnNlElIKD0dldEluYm94U3VtbWFyeRIeLnNtcy52MS5HZXRJbmJveFN1bW1hcnlSZXF1ZXN0Gh8uc21zLnYxLkdldEluYm94U3VtbWFyeVJlc3BvbnNlEkwKDUNhbmNlbE1lc3NhZ2USHC5zbXMudjEuQ2FuY2VsTWVzc2FnZVJlcXVlc3QaHS5zbXMudjEuQ2FuY2VsTWVzc2FnZVJlc3BvbnNlEkkKDFJldHJ5TWVzc2FnZRIbLnNtcy52MS5SZXRyeU1lc3NhZ2VSZXF1ZXN0Ghwuc21zLnYxLlJldHJ5TWVzc2FnZVJlc3BvbnNlEk8KDkNyZWF0ZVRlbXBsYXRlEh0uc21zLnYxLkNyZWF0ZVRlbXBsYXRlUmVxdWVzdBoeLnNtcy52MS5DcmVhdGVUZW1wbGF0ZVJlc3BvbnNlEkwKDUxpc3RUZW1wbGF0ZXMSHC5zbXMudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaHS5zbXMudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlEk8KDlVwZGF0ZVRlbXBsYXRlEh0uc21zLnYxLlVwZGF0ZVRlbXBsYXRlUmVxdWVzdBoeLnNtcy52MS5VcGRhdGVUZW1wbGF0ZVJlc3BvbnNlEk8KDkRlbGV0ZVRlbXBsYXRlEh0uc21zLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBoeLnNtcy52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_sms_v1_types]);
 
 /**
  * @generated from message sms.v1.SendRequest
@@ -55,6 +55,23 @@ export type SendRequest = Message<"sms.v1.SendRequest"> & {
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * Send later: a future time, at most SMS_SCHEDULE_MAX_DAYS ahead (in the past or further: INVALID_ARGUMENT,
+   * INVALID_SEND_TIME). The message is stored SCHEDULED and the worker sends it at that time; CancelMessage
+   * cancels it until then.
+   *
+   * @generated from field: google.protobuf.Timestamp send_at = 6;
+   */
+  sendAt?: Timestamp | undefined;
+
+  /**
+   * Sends even during the contact's quiet hours (SMS_QUIET_HOURS). Admins and the service role only; an agent
+   * setting it is PERMISSION_DENIED (QUIET_HOURS_OVERRIDE_NOT_ALLOWED).
+   *
+   * @generated from field: bool ignore_quiet_hours = 7;
+   */
+  ignoreQuietHours: boolean;
 };
 
 /**
@@ -69,6 +86,9 @@ export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
  */
 export type SendResponse = Message<"sms.v1.SendResponse"> & {
   /**
+   * A message asked for during the contact's quiet hours is SCHEDULED for the next opening: its scheduled_time
+   * says when and its schedule_reason is SCHEDULE_REASON_QUIET_HOURS.
+   *
    * @generated from field: sms.v1.Message message = 1;
    */
   message?: Message$1 | undefined;
@@ -515,6 +535,20 @@ export type GetQueueStatsResponse = Message<"sms.v1.GetQueueStatsResponse"> & {
    * @generated from field: string worker_health = 10;
    */
   workerHealth: string;
+
+  /**
+   * Stored as SCHEDULED (send later, quiet hours) and not yet due.
+   *
+   * @generated from field: int64 scheduled = 11;
+   */
+  scheduled: bigint;
+
+  /**
+   * Each sender's backlog (messages waiting to be handed to Twilio) and the time to drain it at its pace.
+   *
+   * @generated from field: repeated sms.v1.SenderBacklog senders = 12;
+   */
+  senders: SenderBacklog[];
 };
 
 /**
@@ -523,6 +557,53 @@ export type GetQueueStatsResponse = Message<"sms.v1.GetQueueStatsResponse"> & {
  */
 export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
   messageDesc(file_sms_v1_sms, 17);
+
+/**
+ * One sender's (From number or Messaging Service) share of the send queue.
+ *
+ * @generated from message sms.v1.SenderBacklog
+ */
+export type SenderBacklog = Message<"sms.v1.SenderBacklog"> & {
+  /**
+   * @generated from field: string sender = 1;
+   */
+  sender: string;
+
+  /**
+   * Outbound messages of this sender that are due and not yet handed to Twilio.
+   *
+   * @generated from field: int64 messages = 2;
+   */
+  messages: bigint;
+
+  /**
+   * Their segments.
+   *
+   * @generated from field: int64 segments = 3;
+   */
+  segments: bigint;
+
+  /**
+   * The sender's pace in segments per second (SMS_SENDER_MPS); 0: unpaced.
+   *
+   * @generated from field: double segments_per_second = 4;
+   */
+  segmentsPerSecond: number;
+
+  /**
+   * segments / segments_per_second; zero when unpaced.
+   *
+   * @generated from field: google.protobuf.Duration drain_time = 5;
+   */
+  drainTime?: Duration | undefined;
+};
+
+/**
+ * Describes the message sms.v1.SenderBacklog.
+ * Use `create(SenderBacklogSchema)` to create a new message.
+ */
+export const SenderBacklogSchema: GenMessage<SenderBacklog> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 18);
 
 /**
  * @generated from message sms.v1.SyncFromTwilioRequest
@@ -548,7 +629,7 @@ export type SyncFromTwilioRequest = Message<"sms.v1.SyncFromTwilioRequest"> & {
  * Use `create(SyncFromTwilioRequestSchema)` to create a new message.
  */
 export const SyncFromTwilioRequestSchema: GenMessage<SyncFromTwilioRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 18);
+  messageDesc(file_sms_v1_sms, 19);
 
 /**
  * @generated from message sms.v1.SyncFromTwilioResponse
@@ -598,7 +679,7 @@ export type SyncFromTwilioResponse = Message<"sms.v1.SyncFromTwilioResponse"> & 
  * Use `create(SyncFromTwilioResponseSchema)` to create a new message.
  */
 export const SyncFromTwilioResponseSchema: GenMessage<SyncFromTwilioResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 19);
+  messageDesc(file_sms_v1_sms, 20);
 
 /**
  * Why a sync stopped before reading its whole window.
@@ -630,7 +711,7 @@ export enum SyncFromTwilioResponse_StopReason {
  * Describes the enum sms.v1.SyncFromTwilioResponse.StopReason.
  */
 export const SyncFromTwilioResponse_StopReasonSchema: GenEnum<SyncFromTwilioResponse_StopReason> = /*@__PURE__*/
-  enumDesc(file_sms_v1_sms, 19, 0);
+  enumDesc(file_sms_v1_sms, 20, 0);
 
 /**
  * @generated from message sms.v1.UpdateConversationRequest
@@ -647,8 +728,9 @@ export type UpdateConversationRequest = Message<"sms.v1.UpdateConversationReques
   conversation?: Conversation | undefined;
 
   /**
-   * contact_name, contact_id, labels (at most 10 paths of 64 bytes); other paths, or none, are INVALID_ARGUMENT
-   * (INVALID_UPDATE_MASK).
+   * contact_name, contact_id, labels, time_zone (an IANA zone such as "Europe/Paris", at most 64 bytes, or
+   * empty for the number's own; an unknown zone is INVALID_ARGUMENT) (at most 10 paths of 64 bytes); other
+   * paths, or none, are INVALID_ARGUMENT (INVALID_UPDATE_MASK).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -660,7 +742,7 @@ export type UpdateConversationRequest = Message<"sms.v1.UpdateConversationReques
  * Use `create(UpdateConversationRequestSchema)` to create a new message.
  */
 export const UpdateConversationRequestSchema: GenMessage<UpdateConversationRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 20);
+  messageDesc(file_sms_v1_sms, 21);
 
 /**
  * @generated from message sms.v1.UpdateConversationResponse
@@ -677,7 +759,7 @@ export type UpdateConversationResponse = Message<"sms.v1.UpdateConversationRespo
  * Use `create(UpdateConversationResponseSchema)` to create a new message.
  */
 export const UpdateConversationResponseSchema: GenMessage<UpdateConversationResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 21);
+  messageDesc(file_sms_v1_sms, 22);
 
 /**
  * @generated from message sms.v1.AssignConversationRequest
@@ -706,7 +788,7 @@ export type AssignConversationRequest = Message<"sms.v1.AssignConversationReques
  * Use `create(AssignConversationRequestSchema)` to create a new message.
  */
 export const AssignConversationRequestSchema: GenMessage<AssignConversationRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 22);
+  messageDesc(file_sms_v1_sms, 23);
 
 /**
  * @generated from message sms.v1.AssignConversationResponse
@@ -723,7 +805,7 @@ export type AssignConversationResponse = Message<"sms.v1.AssignConversationRespo
  * Use `create(AssignConversationResponseSchema)` to create a new message.
  */
 export const AssignConversationResponseSchema: GenMessage<AssignConversationResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 23);
+  messageDesc(file_sms_v1_sms, 24);
 
 /**
  * @generated from message sms.v1.SearchMessagesRequest
@@ -750,7 +832,7 @@ export type SearchMessagesRequest = Message<"sms.v1.SearchMessagesRequest"> & {
  * Use `create(SearchMessagesRequestSchema)` to create a new message.
  */
 export const SearchMessagesRequestSchema: GenMessage<SearchMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 24);
+  messageDesc(file_sms_v1_sms, 25);
 
 /**
  * A message that matched, with its conversation.
@@ -774,7 +856,7 @@ export type MessageHit = Message<"sms.v1.MessageHit"> & {
  * Use `create(MessageHitSchema)` to create a new message.
  */
 export const MessageHitSchema: GenMessage<MessageHit> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 25);
+  messageDesc(file_sms_v1_sms, 26);
 
 /**
  * @generated from message sms.v1.SearchMessagesResponse
@@ -796,7 +878,7 @@ export type SearchMessagesResponse = Message<"sms.v1.SearchMessagesResponse"> & 
  * Use `create(SearchMessagesResponseSchema)` to create a new message.
  */
 export const SearchMessagesResponseSchema: GenMessage<SearchMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 26);
+  messageDesc(file_sms_v1_sms, 27);
 
 /**
  * @generated from message sms.v1.AddNoteRequest
@@ -830,7 +912,7 @@ export type AddNoteRequest = Message<"sms.v1.AddNoteRequest"> & {
  * Use `create(AddNoteRequestSchema)` to create a new message.
  */
 export const AddNoteRequestSchema: GenMessage<AddNoteRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 27);
+  messageDesc(file_sms_v1_sms, 28);
 
 /**
  * @generated from message sms.v1.AddNoteResponse
@@ -847,7 +929,7 @@ export type AddNoteResponse = Message<"sms.v1.AddNoteResponse"> & {
  * Use `create(AddNoteResponseSchema)` to create a new message.
  */
 export const AddNoteResponseSchema: GenMessage<AddNoteResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 28);
+  messageDesc(file_sms_v1_sms, 29);
 
 /**
  * @generated from message sms.v1.GetInboxSummaryRequest
@@ -860,7 +942,7 @@ export type GetInboxSummaryRequest = Message<"sms.v1.GetInboxSummaryRequest"> & 
  * Use `create(GetInboxSummaryRequestSchema)` to create a new message.
  */
 export const GetInboxSummaryRequestSchema: GenMessage<GetInboxSummaryRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 29);
+  messageDesc(file_sms_v1_sms, 30);
 
 /**
  * @generated from message sms.v1.GetInboxSummaryResponse
@@ -893,7 +975,262 @@ export type GetInboxSummaryResponse = Message<"sms.v1.GetInboxSummaryResponse"> 
  * Use `create(GetInboxSummaryResponseSchema)` to create a new message.
  */
 export const GetInboxSummaryResponseSchema: GenMessage<GetInboxSummaryResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 30);
+  messageDesc(file_sms_v1_sms, 31);
+
+/**
+ * @generated from message sms.v1.CancelMessageRequest
+ */
+export type CancelMessageRequest = Message<"sms.v1.CancelMessageRequest"> & {
+  /**
+   * At most 64 bytes.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message sms.v1.CancelMessageRequest.
+ * Use `create(CancelMessageRequestSchema)` to create a new message.
+ */
+export const CancelMessageRequestSchema: GenMessage<CancelMessageRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 32);
+
+/**
+ * @generated from message sms.v1.CancelMessageResponse
+ */
+export type CancelMessageResponse = Message<"sms.v1.CancelMessageResponse"> & {
+  /**
+   * @generated from field: sms.v1.Message message = 1;
+   */
+  message?: Message$1 | undefined;
+};
+
+/**
+ * Describes the message sms.v1.CancelMessageResponse.
+ * Use `create(CancelMessageResponseSchema)` to create a new message.
+ */
+export const CancelMessageResponseSchema: GenMessage<CancelMessageResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 33);
+
+/**
+ * @generated from message sms.v1.RetryMessageRequest
+ */
+export type RetryMessageRequest = Message<"sms.v1.RetryMessageRequest"> & {
+  /**
+   * The FAILED or UNDELIVERED outbound message to send again. At most 64 bytes.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * Idempotency key (AIP-155), per user and shared with Send's: at most 200 bytes.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message sms.v1.RetryMessageRequest.
+ * Use `create(RetryMessageRequestSchema)` to create a new message.
+ */
+export const RetryMessageRequestSchema: GenMessage<RetryMessageRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 34);
+
+/**
+ * @generated from message sms.v1.RetryMessageResponse
+ */
+export type RetryMessageResponse = Message<"sms.v1.RetryMessageResponse"> & {
+  /**
+   * The new message (its retry_of names the failed one).
+   *
+   * @generated from field: sms.v1.Message message = 1;
+   */
+  message?: Message$1 | undefined;
+
+  /**
+   * True when request_id matched an earlier call and nothing new was stored.
+   *
+   * @generated from field: bool duplicate = 2;
+   */
+  duplicate: boolean;
+};
+
+/**
+ * Describes the message sms.v1.RetryMessageResponse.
+ * Use `create(RetryMessageResponseSchema)` to create a new message.
+ */
+export const RetryMessageResponseSchema: GenMessage<RetryMessageResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 35);
+
+/**
+ * @generated from message sms.v1.CreateTemplateRequest
+ */
+export type CreateTemplateRequest = Message<"sms.v1.CreateTemplateRequest"> & {
+  /**
+   * display_name (1 to 64 bytes, unique among the owner's templates, or among the shared ones), body (1 to 1,600
+   * characters, placeholders from Template.body's list only) and shared.
+   *
+   * @generated from field: sms.v1.Template template = 1;
+   */
+  template?: Template | undefined;
+};
+
+/**
+ * Describes the message sms.v1.CreateTemplateRequest.
+ * Use `create(CreateTemplateRequestSchema)` to create a new message.
+ */
+export const CreateTemplateRequestSchema: GenMessage<CreateTemplateRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 36);
+
+/**
+ * @generated from message sms.v1.CreateTemplateResponse
+ */
+export type CreateTemplateResponse = Message<"sms.v1.CreateTemplateResponse"> & {
+  /**
+   * @generated from field: sms.v1.Template template = 1;
+   */
+  template?: Template | undefined;
+};
+
+/**
+ * Describes the message sms.v1.CreateTemplateResponse.
+ * Use `create(CreateTemplateResponseSchema)` to create a new message.
+ */
+export const CreateTemplateResponseSchema: GenMessage<CreateTemplateResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 37);
+
+/**
+ * @generated from message sms.v1.ListTemplatesRequest
+ */
+export type ListTemplatesRequest = Message<"sms.v1.ListTemplatesRequest"> & {
+  /**
+   * 0 means the default (50); values above the maximum (500) are capped; negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; opaque. At most 512 bytes.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Keeps the templates whose display name starts with it (any case). At most 64 bytes.
+   *
+   * @generated from field: string query = 3;
+   */
+  query: string;
+};
+
+/**
+ * Describes the message sms.v1.ListTemplatesRequest.
+ * Use `create(ListTemplatesRequestSchema)` to create a new message.
+ */
+export const ListTemplatesRequestSchema: GenMessage<ListTemplatesRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 38);
+
+/**
+ * @generated from message sms.v1.ListTemplatesResponse
+ */
+export type ListTemplatesResponse = Message<"sms.v1.ListTemplatesResponse"> & {
+  /**
+   * @generated from field: repeated sms.v1.Template templates = 1;
+   */
+  templates: Template[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message sms.v1.ListTemplatesResponse.
+ * Use `create(ListTemplatesResponseSchema)` to create a new message.
+ */
+export const ListTemplatesResponseSchema: GenMessage<ListTemplatesResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 39);
+
+/**
+ * @generated from message sms.v1.UpdateTemplateRequest
+ */
+export type UpdateTemplateRequest = Message<"sms.v1.UpdateTemplateRequest"> & {
+  /**
+   * The template, by id (at most 64 bytes), with the new values of the fields the mask names.
+   *
+   * @generated from field: sms.v1.Template template = 1;
+   */
+  template?: Template | undefined;
+
+  /**
+   * display_name, body (at most 10 paths of 64 bytes); other paths, or none, are INVALID_ARGUMENT.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message sms.v1.UpdateTemplateRequest.
+ * Use `create(UpdateTemplateRequestSchema)` to create a new message.
+ */
+export const UpdateTemplateRequestSchema: GenMessage<UpdateTemplateRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 40);
+
+/**
+ * @generated from message sms.v1.UpdateTemplateResponse
+ */
+export type UpdateTemplateResponse = Message<"sms.v1.UpdateTemplateResponse"> & {
+  /**
+   * @generated from field: sms.v1.Template template = 1;
+   */
+  template?: Template | undefined;
+};
+
+/**
+ * Describes the message sms.v1.UpdateTemplateResponse.
+ * Use `create(UpdateTemplateResponseSchema)` to create a new message.
+ */
+export const UpdateTemplateResponseSchema: GenMessage<UpdateTemplateResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 41);
+
+/**
+ * @generated from message sms.v1.DeleteTemplateRequest
+ */
+export type DeleteTemplateRequest = Message<"sms.v1.DeleteTemplateRequest"> & {
+  /**
+   * At most 64 bytes.
+   *
+   * @generated from field: string template_id = 1;
+   */
+  templateId: string;
+};
+
+/**
+ * Describes the message sms.v1.DeleteTemplateRequest.
+ * Use `create(DeleteTemplateRequestSchema)` to create a new message.
+ */
+export const DeleteTemplateRequestSchema: GenMessage<DeleteTemplateRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 42);
+
+/**
+ * @generated from message sms.v1.DeleteTemplateResponse
+ */
+export type DeleteTemplateResponse = Message<"sms.v1.DeleteTemplateResponse"> & {
+};
+
+/**
+ * Describes the message sms.v1.DeleteTemplateResponse.
+ * Use `create(DeleteTemplateResponseSchema)` to create a new message.
+ */
+export const DeleteTemplateResponseSchema: GenMessage<DeleteTemplateResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 43);
 
 /**
  * The public API: agents, admins and internal services send and read SMS conversations.
@@ -1046,6 +1383,72 @@ export const SmsService: GenService<{
     methodKind: "unary";
     input: typeof GetInboxSummaryRequestSchema;
     output: typeof GetInboxSummaryResponseSchema;
+  },
+  /**
+   * Cancels an outbound message that is SCHEDULED or QUEUED and not yet handed to Twilio: it becomes CANCELED.
+   * Once the worker has begun its attempt: FAILED_PRECONDITION (MESSAGE_ALREADY_SENDING); already final:
+   * FAILED_PRECONDITION (MESSAGE_NOT_CANCELABLE). Canceling a CANCELED message again returns it.
+   *
+   * @generated from rpc sms.v1.SmsService.CancelMessage
+   */
+  cancelMessage: {
+    methodKind: "unary";
+    input: typeof CancelMessageRequestSchema;
+    output: typeof CancelMessageResponseSchema;
+  },
+  /**
+   * Sends a FAILED or UNDELIVERED outbound message again, as a new message in the same conversation linked to
+   * it both ways (retry_of / retried_by). Idempotent on request_id. Refused with FAILED_PRECONDITION when it
+   * cannot succeed: the contact opted out (OPTED_OUT), the number is invalid or cannot receive SMS (Twilio
+   * 21211, 21614: NUMBER_NOT_RETRYABLE), the message is not a failed outbound one (MESSAGE_NOT_RETRYABLE) or
+   * was retried already (MESSAGE_ALREADY_RETRIED, naming the retry).
+   *
+   * @generated from rpc sms.v1.SmsService.RetryMessage
+   */
+  retryMessage: {
+    methodKind: "unary";
+    input: typeof RetryMessageRequestSchema;
+    output: typeof RetryMessageResponseSchema;
+  },
+  /**
+   * Creates a canned reply: personal (the caller's own), or shared with everyone (admins and the service role).
+   *
+   * @generated from rpc sms.v1.SmsService.CreateTemplate
+   */
+  createTemplate: {
+    methodKind: "unary";
+    input: typeof CreateTemplateRequestSchema;
+    output: typeof CreateTemplateResponseSchema;
+  },
+  /**
+   * The templates the caller may use: the shared ones and their own, by display name.
+   *
+   * @generated from rpc sms.v1.SmsService.ListTemplates
+   */
+  listTemplates: {
+    methodKind: "unary";
+    input: typeof ListTemplatesRequestSchema;
+    output: typeof ListTemplatesResponseSchema;
+  },
+  /**
+   * Updates a template's display_name and body (AIP-134): its owner may, and admins (shared ones too).
+   *
+   * @generated from rpc sms.v1.SmsService.UpdateTemplate
+   */
+  updateTemplate: {
+    methodKind: "unary";
+    input: typeof UpdateTemplateRequestSchema;
+    output: typeof UpdateTemplateResponseSchema;
+  },
+  /**
+   * Deletes a template: its owner may, and admins (shared ones too).
+   *
+   * @generated from rpc sms.v1.SmsService.DeleteTemplate
+   */
+  deleteTemplate: {
+    methodKind: "unary";
+    input: typeof DeleteTemplateRequestSchema;
+    output: typeof DeleteTemplateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_sms_v1_sms, 0);

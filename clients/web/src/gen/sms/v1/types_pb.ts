@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file sms/v1/types.proto.
  */
 export const file_sms_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChJzbXMvdjEvdHlwZXMucHJvdG8SBnNtcy52MSIqCgVNZWRpYRILCgN1cmwYASABKAkSFAoMY29udGVudF90eXBlGAIgASgJIpsBCgxTdGF0dXNDaGFuZ2USJQoGc3RhdHVzGAEgASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZXJyb3JfY29kZRgDIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEg8KB2FwcGxpZWQYBSABKAgijAUKB01lc3NhZ2USEAoCaWQYASABKAlCBOJBAQMSHQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgTiQQEDEioKCWRpcmVjdGlvbhgDIAEoDjIRLnNtcy52MS5EaXJlY3Rpb25CBOJBAQMSEwoLZnJvbV9udW1iZXIYBCABKAkSEQoJdG9fbnVtYmVyGAUgASgJEgwKBGJvZHkYBiABKAkSHAoFbWVkaWEYByADKAsyDS5zbXMudjEuTWVkaWESKwoGc3RhdHVzGAggASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXNCBOJBAQMSMgoOc3RhdHVzX2hpc3RvcnkYCSADKAsyFC5zbXMudjEuU3RhdHVzQ2hhbmdlQgTiQQEDEhgKCmVycm9yX2NvZGUYCiABKAVCBOJBAQMSGwoNZXJyb3JfbWVzc2FnZRgLIAEoCUIE4kEBAxIYCgp0d2lsaW9fc2lkGAwgASgJQgTiQQEDEhMKBW93bmVyGA0gASgJQgTiQQEDEhIKCmNvbnRhY3RfaWQYDiABKAkSEgoKcmVxdWVzdF9pZBgPIAEoCRIWCghhdHRlbXB0cxgQIAEoBUIE4kEBAxIWCghzZWdtZW50cxgRIAEoBUIE4kEBAxITCgVwcmljZRgSIAEoCUIE4kEBAxIYCgpwcmljZV91bml0GBMgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSFAoGYXV0aG9yGBYgASgJQgTiQQEDIoEECgxDb252ZXJzYXRpb24SEAoCaWQYASABKAlCBOJBAQMSEgoKb3VyX251bWJlchgCIAEoCRIWCg5jb250YWN0X251bWJlchgDIAEoCRISCgpjb250YWN0X2lkGAQgASgJEg0KBW93bmVyGAUgASgJEhwKFGxhc3RfbWVzc2FnZV9wcmV2aWV3GAYgASgJEjUKEWxhc3RfbWVzc2FnZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxChZsYXN0X21lc3NhZ2VfZGlyZWN0aW9uGAggASgOMhEuc21zLnYxLkRpcmVjdGlvbhIUCgx1bnJlYWRfY291bnQYCSABKAUSFQoNbWVzc2FnZV9jb3VudBgKIAEoBRIRCglvcHRlZF9vdXQYCyABKAgSNQoLY3JlYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIUCgxjb250YWN0X25hbWUYDiABKAkSDgoGbGFiZWxzGA8gAygJEjQKEmFzc2lnbm1lbnRfaGlzdG9yeRgQIAMoCzISLnNtcy52MS5Bc3NpZ25tZW50QgTiQQEDInEKCkFzc2lnbm1lbnQSDQoFYWN0b3IYASABKAkSFQoNZnJvbV9hc3NpZ25lZRgCIAEoCRITCgt0b19hc3NpZ25lZRgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK7AQoFRXZlbnQSCgoCaWQYASABKAkSHwoEdHlwZRgCIAEoDjIRLnNtcy52MS5FdmVudFR5cGUSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHbWVzc2FnZRgEIAEoCzIPLnNtcy52MS5NZXNzYWdlSAASLAoMY29udmVyc2F0aW9uGAUgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkgAQgkKB3BheWxvYWQqaQoJRGlyZWN0aW9uEhkKFURJUkVDVElPTl9VTlNQRUNJRklFRBAAEhYKEkRJUkVDVElPTl9PVVRCT1VORBABEhUKEURJUkVDVElPTl9JTkJPVU5EEAISEgoORElSRUNUSU9OX05PVEUQAyqsAwoNTWVzc2FnZVN0YXR1cxIeChpNRVNTQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF01FU1NBR0VfU1RBVFVTX0FDQ0VQVEVEEAESHAoYTUVTU0FHRV9TVEFUVVNfU0NIRURVTEVEEAISGQoVTUVTU0FHRV9TVEFUVVNfUVVFVUVEEAMSGgoWTUVTU0FHRV9TVEFUVVNfU0VORElORxAEEhcKE01FU1NBR0VfU1RBVFVTX1NFTlQQBRIcChhNRVNTQUdFX1NUQVRVU19ERUxJVkVSRUQQBhIeChpNRVNTQUdFX1NUQVRVU19VTkRFTElWRVJFRBAHEhkKFU1FU1NBR0VfU1RBVFVTX0ZBSUxFRBAIEhcKE01FU1NBR0VfU1RBVFVTX1JFQUQQCRIcChhNRVNTQUdFX1NUQVRVU19SRUNFSVZJTkcQChIbChdNRVNTQUdFX1NUQVRVU19SRUNFSVZFRBALEhsKF01FU1NBR0VfU1RBVFVTX0NBTkNFTEVEEAwSJgoiTUVTU0FHRV9TVEFUVVNfUEFSVElBTExZX0RFTElWRVJFRBANKowBCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkVWRU5UX1RZUEVfTUVTU0FHRV9DUkVBVEVEEAESHgoaRVZFTlRfVFlQRV9NRVNTQUdFX1VQREFURUQQAhIjCh9FVkVOVF9UWVBFX0NPTlZFUlNBVElPTl9VUERBVEVEEANiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChJzbXMvdjEvdHlwZXMucHJvdG8SBnNtcy52MSIqCgVNZWRpYRILCgN1cmwYASABKAkSFAoMY29udGVudF90eXBlGAIgASgJIpsBCgxTdGF0dXNDaGFuZ2USJQoGc3RhdHVzGAEgASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZXJyb3JfY29kZRgDIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEg8KB2FwcGxpZWQYBSABKAgi2QYKB01lc3NhZ2USEAoCaWQYASABKAlCBOJBAQMSHQoPY29udmVyc2F0aW9uX2lkGAIgASgJQgTiQQEDEioKCWRpcmVjdGlvbhgDIAEoDjIRLnNtcy52MS5EaXJlY3Rpb25CBOJBAQMSEwoLZnJvbV9udW1iZXIYBCABKAkSEQoJdG9fbnVtYmVyGAUgASgJEgwKBGJvZHkYBiABKAkSHAoFbWVkaWEYByADKAsyDS5zbXMudjEuTWVkaWESKwoGc3RhdHVzGAggASgOMhUuc21zLnYxLk1lc3NhZ2VTdGF0dXNCBOJBAQMSMgoOc3RhdHVzX2hpc3RvcnkYCSADKAsyFC5zbXMudjEuU3RhdHVzQ2hhbmdlQgTiQQEDEhgKCmVycm9yX2NvZGUYCiABKAVCBOJBAQMSGwoNZXJyb3JfbWVzc2FnZRgLIAEoCUIE4kEBAxIYCgp0d2lsaW9fc2lkGAwgASgJQgTiQQEDEhMKBW93bmVyGA0gASgJQgTiQQEDEhIKCmNvbnRhY3RfaWQYDiABKAkSEgoKcmVxdWVzdF9pZBgPIAEoCRIWCghhdHRlbXB0cxgQIAEoBUIE4kEBAxIWCghzZWdtZW50cxgRIAEoBUIE4kEBAxITCgVwcmljZRgSIAEoCUIE4kEBAxIYCgpwcmljZV91bml0GBMgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSFAoGYXV0aG9yGBYgASgJQgTiQQEDEjgKDnNjaGVkdWxlZF90aW1lGBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cg9zY2hlZHVsZV9yZWFzb24YGCABKA4yFi5zbXMudjEuU2NoZWR1bGVSZWFzb25CBOJBAQMSKAoIZW5jb2RpbmcYGSABKA4yEC5zbXMudjEuRW5jb2RpbmdCBOJBAQMSFgoIcmV0cnlfb2YYGiABKAlCBOJBAQMSGAoKcmV0cmllZF9ieRgbIAEoCUIE4kEBAyLTAQoIVGVtcGxhdGUSEAoCaWQYASABKAlCBOJBAQMSFAoMZGlzcGxheV9uYW1lGAIgASgJEgwKBGJvZHkYAyABKAkSDgoGc2hhcmVkGAQgASgIEhMKBW93bmVyGAUgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMilAQKDENvbnZlcnNhdGlvbhIQCgJpZBgBIAEoCUIE4kEBAxISCgpvdXJfbnVtYmVyGAIgASgJEhYKDmNvbnRhY3RfbnVtYmVyGAMgASgJEhIKCmNvbnRhY3RfaWQYBCABKAkSDQoFb3duZXIYBSABKAkSHAoUbGFzdF9tZXNzYWdlX3ByZXZpZXcYBiABKAkSNQoRbGFzdF9tZXNzYWdlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKFmxhc3RfbWVzc2FnZV9kaXJlY3Rpb24YCCABKA4yES5zbXMudjEuRGlyZWN0aW9uEhQKDHVucmVhZF9jb3VudBgJIAEoBRIVCg1tZXNzYWdlX2NvdW50GAogASgFEhEKCW9wdGVkX291dBgLIAEoCBI1CgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhQKDGNvbnRhY3RfbmFtZRgOIAEoCRIOCgZsYWJlbHMYDyADKAkSNAoSYXNzaWdubWVudF9oaXN0b3J5GBAgAygLMhIuc21zLnYxLkFzc2lnbm1lbnRCBOJBAQMSEQoJdGltZV96b25lGBEgASgJInEKCkFzc2lnbm1lbnQSDQoFYWN0b3IYASABKAkSFQoNZnJvbV9hc3NpZ25lZRgCIAEoCRITCgt0b19hc3NpZ25lZRgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK7AQoFRXZlbnQSCgoCaWQYASABKAkSHwoEdHlwZRgCIAEoDjIRLnNtcy52MS5FdmVudFR5cGUSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHbWVzc2FnZRgEIAEoCzIPLnNtcy52MS5NZXNzYWdlSAASLAoMY29udmVyc2F0aW9uGAUgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkgAQgkKB3BheWxvYWQqaQoJRGlyZWN0aW9uEhkKFURJUkVDVElPTl9VTlNQRUNJRklFRBAAEhYKEkRJUkVDVElPTl9PVVRCT1VORBABEhUKEURJUkVDVElPTl9JTkJPVU5EEAISEgoORElSRUNUSU9OX05PVEUQAyqsAwoNTWVzc2FnZVN0YXR1cxIeChpNRVNTQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF01FU1NBR0VfU1RBVFVTX0FDQ0VQVEVEEAESHAoYTUVTU0FHRV9TVEFUVVNfU0NIRURVTEVEEAISGQoVTUVTU0FHRV9TVEFUVVNfUVVFVUVEEAMSGgoWTUVTU0FHRV9TVEFUVVNfU0VORElORxAEEhcKE01FU1NBR0VfU1RBVFVTX1NFTlQQBRIcChhNRVNTQUdFX1NUQVRVU19ERUxJVkVSRUQQBhIeChpNRVNTQUdFX1NUQVRVU19VTkRFTElWRVJFRBAHEhkKFU1FU1NBR0VfU1RBVFVTX0ZBSUxFRBAIEhcKE01FU1NBR0VfU1RBVFVTX1JFQUQQCRIcChhNRVNTQUdFX1NUQVRVU19SRUNFSVZJTkcQChIbChdNRVNTQUdFX1NUQVRVU19SRUNFSVZFRBALEhsKF01FU1NBR0VfU1RBVFVTX0NBTkNFTEVEEAwSJgoiTUVTU0FHRV9TVEFUVVNfUEFSVElBTExZX0RFTElWRVJFRBANKnEKDlNjaGVkdWxlUmVhc29uEh8KG1NDSEVEVUxFX1JFQVNPTl9VTlNQRUNJRklFRBAAEh0KGVNDSEVEVUxFX1JFQVNPTl9SRVFVRVNURUQQARIfChtTQ0hFRFVMRV9SRUFTT05fUVVJRVRfSE9VUlMQAipKCghFbmNvZGluZxIYChRFTkNPRElOR19VTlNQRUNJRklFRBAAEhEKDUVOQ09ESU5HX0dTTTcQARIRCg1FTkNPRElOR19VQ1MyEAIqjAEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHgoaRVZFTlRfVFlQRV9NRVNTQUdFX0NSRUFURUQQARIeChpFVkVOVF9UWVBFX01FU1NBR0VfVVBEQVRFRBACEiMKH0VWRU5UX1RZUEVfQ09OVkVSU0FUSU9OX1VQREFURUQQA2IGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * One media attachment of an MMS.
@@ -211,6 +211,41 @@ export type Message = Message$1<"sms.v1.Message"> & {
    * @generated from field: string author = 22;
    */
   author: string;
+
+  /**
+   * Outbound: when a SCHEDULED message is to be sent (send later, or the end of the contact's quiet hours).
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_time = 23;
+   */
+  scheduledTime?: Timestamp | undefined;
+
+  /**
+   * Why it was scheduled; SCHEDULE_REASON_UNSPECIFIED when it was not.
+   *
+   * @generated from field: sms.v1.ScheduleReason schedule_reason = 24;
+   */
+  scheduleReason: ScheduleReason;
+
+  /**
+   * Outbound: the encoding its body needs, with `segments` computed by Twilio's rules when it was stored.
+   *
+   * @generated from field: sms.v1.Encoding encoding = 25;
+   */
+  encoding: Encoding;
+
+  /**
+   * The failed message this one sends again (RetryMessage); empty otherwise.
+   *
+   * @generated from field: string retry_of = 26;
+   */
+  retryOf: string;
+
+  /**
+   * The message that sent this failed one again; empty until RetryMessage.
+   *
+   * @generated from field: string retried_by = 27;
+   */
+  retriedBy: string;
 };
 
 /**
@@ -219,6 +254,66 @@ export type Message = Message$1<"sms.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_sms_v1_types, 2);
+
+/**
+ * A canned reply an agent inserts in the composer, with its placeholders filled from the conversation.
+ *
+ * @generated from message sms.v1.Template
+ */
+export type Template = Message$1<"sms.v1.Template"> & {
+  /**
+   * At most 64 bytes.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * 1 to 64 bytes; unique among its owner's templates (or among the shared ones).
+   *
+   * @generated from field: string display_name = 2;
+   */
+  displayName: string;
+
+  /**
+   * 1 to 1,600 characters. Placeholders: {{contact_name}}, {{contact_number}}, {{contact_id}}, {{agent}}
+   * (the user inserting it); any other {{...}} is INVALID_ARGUMENT.
+   *
+   * @generated from field: string body = 3;
+   */
+  body: string;
+
+  /**
+   * Shared with every user (made by an admin or the service role); otherwise personal to its owner.
+   *
+   * @generated from field: bool shared = 4;
+   */
+  shared: boolean;
+
+  /**
+   * The user who made it.
+   *
+   * @generated from field: string owner = 5;
+   */
+  owner: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message sms.v1.Template.
+ * Use `create(TemplateSchema)` to create a new message.
+ */
+export const TemplateSchema: GenMessage<Template> = /*@__PURE__*/
+  messageDesc(file_sms_v1_types, 3);
 
 /**
  * The thread between one of our numbers and one contact number.
@@ -314,6 +409,13 @@ export type Conversation = Message$1<"sms.v1.Conversation"> & {
    * @generated from field: repeated sms.v1.Assignment assignment_history = 16;
    */
   assignmentHistory: Assignment[];
+
+  /**
+   * The contact's IANA time zone for quiet hours (UpdateConversation); empty: taken from the number.
+   *
+   * @generated from field: string time_zone = 17;
+   */
+  timeZone: string;
 };
 
 /**
@@ -321,7 +423,7 @@ export type Conversation = Message$1<"sms.v1.Conversation"> & {
  * Use `create(ConversationSchema)` to create a new message.
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
-  messageDesc(file_sms_v1_types, 3);
+  messageDesc(file_sms_v1_types, 4);
 
 /**
  * One change of a conversation's assignee (its `owner`).
@@ -361,7 +463,7 @@ export type Assignment = Message$1<"sms.v1.Assignment"> & {
  * Use `create(AssignmentSchema)` to create a new message.
  */
 export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
-  messageDesc(file_sms_v1_types, 4);
+  messageDesc(file_sms_v1_types, 5);
 
 /**
  * A state change, carrying the message or conversation as it is after the change.
@@ -409,7 +511,7 @@ export type Event = Message$1<"sms.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_sms_v1_types, 5);
+  messageDesc(file_sms_v1_types, 6);
 
 /**
  * Direction of a message as seen from our side.
@@ -536,6 +638,68 @@ export const MessageStatusSchema: GenEnum<MessageStatus> = /*@__PURE__*/
   enumDesc(file_sms_v1_types, 1);
 
 /**
+ * Why an outbound message waits as SCHEDULED.
+ *
+ * @generated from enum sms.v1.ScheduleReason
+ */
+export enum ScheduleReason {
+  /**
+   * @generated from enum value: SCHEDULE_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The caller asked for a send time (SendRequest.send_at).
+   *
+   * @generated from enum value: SCHEDULE_REASON_REQUESTED = 1;
+   */
+  REQUESTED = 1,
+
+  /**
+   * It was asked for during the contact's quiet hours (SMS_QUIET_HOURS) and waits for their end.
+   *
+   * @generated from enum value: SCHEDULE_REASON_QUIET_HOURS = 2;
+   */
+  QUIET_HOURS = 2,
+}
+
+/**
+ * Describes the enum sms.v1.ScheduleReason.
+ */
+export const ScheduleReasonSchema: GenEnum<ScheduleReason> = /*@__PURE__*/
+  enumDesc(file_sms_v1_types, 2);
+
+/**
+ * The character set an SMS body needs (Twilio's rules): GSM-7 fits 160 characters in one segment and 153 per
+ * part of a longer message (extension characters such as € count twice); any other character makes the whole
+ * message UCS-2, 70 UTF-16 units in one segment and 67 per part.
+ *
+ * @generated from enum sms.v1.Encoding
+ */
+export enum Encoding {
+  /**
+   * @generated from enum value: ENCODING_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ENCODING_GSM7 = 1;
+   */
+  GSM7 = 1,
+
+  /**
+   * @generated from enum value: ENCODING_UCS2 = 2;
+   */
+  UCS2 = 2,
+}
+
+/**
+ * Describes the enum sms.v1.Encoding.
+ */
+export const EncodingSchema: GenEnum<Encoding> = /*@__PURE__*/
+  enumDesc(file_sms_v1_types, 3);
+
+/**
  * What kind of change an event reports.
  *
  * @generated from enum sms.v1.EventType
@@ -572,5 +736,5 @@ export enum EventType {
  * Describes the enum sms.v1.EventType.
  */
 export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
-  enumDesc(file_sms_v1_types, 2);
+  enumDesc(file_sms_v1_types, 4);
 
