@@ -180,7 +180,8 @@ def validate_send(
     limits.text("contact_id", contact_id, limits.CONTACT_ID_BYTES)
     limits.text("request_id", request_id, limits.REQUEST_ID_BYTES)
     if send_at is not None:
-        send_at = scheduling.check_send_at(cfg, send_at, now())
+        # At MongoDB's precision, so the stored time (and the fingerprint of a repeat) reads back equal.
+        send_at = send_at.replace(microsecond=send_at.microsecond // 1000 * 1000)
     return SendInput(number, body, tuple(media_urls), contact_id, request_id, send_at, ignore_quiet_hours)
 
 
@@ -237,6 +238,9 @@ class Gateway:
         repeat = await self.earlier_request(request_key, fingerprint)
         if repeat is not None:
             return repeat
+        if req.send_at is not None:
+            # After the repeat: a client retrying an accepted Send after its time has passed gets the message.
+            scheduling.check_send_at(self.cfg, req.send_at, now())
         if req.ignore_quiet_hours and not caller.sees_all:
             raise PermissionDenied(
                 "only admins may send during a contact's quiet hours", Reason.QUIET_HOURS_OVERRIDE_NOT_ALLOWED

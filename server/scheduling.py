@@ -27,7 +27,7 @@ class Plan:
     reason: str = ""
 
 
-def check_send_at(cfg: Config, send_at: datetime, at: datetime) -> datetime:
+def check_send_at(cfg: Config, send_at: datetime, at: datetime) -> None:
     """A send-later time is in the future and at most SMS_SCHEDULE_MAX_DAYS ahead; INVALID_ARGUMENT otherwise."""
     if send_at <= at:
         raise InvalidArgument("send_at", "must be in the future", Reason.INVALID_SEND_TIME)
@@ -35,8 +35,6 @@ def check_send_at(cfg: Config, send_at: datetime, at: datetime) -> datetime:
         raise InvalidArgument(
             "send_at", f"must be at most {cfg.schedule_max_days} days ahead", Reason.INVALID_SEND_TIME
         )
-    # Stored at MongoDB's precision, so the stored time reads back equal.
-    return send_at.replace(microsecond=send_at.microsecond // 1000 * 1000)
 
 
 @functools.cache

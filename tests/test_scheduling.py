@@ -134,6 +134,16 @@ async def test_a_due_scheduled_message_whose_job_is_gone_is_picked_up_by_the_rec
     assert len(creates_to(house, to)) == 1
 
 
+async def test_a_repeat_after_the_send_time_passed_gets_the_stored_message(house: House) -> None:
+    user, to = unique_user(), unique_number()
+    request = sms_pb2.SendRequest(to=to, body="soon", request_id="soon-1")
+    request.send_at.CopyFrom(ts(now() + timedelta(milliseconds=300)))
+    first = await house.sms.Send(request, metadata=auth(user))
+    await asyncio.sleep(0.5)
+    again = await house.sms.Send(request, metadata=auth(user))
+    assert again.duplicate and again.message.id == first.message.id
+
+
 @pytest.mark.parametrize(
     ("offset", "why"), [(timedelta(seconds=-5), "in the past"), (timedelta(days=36), "beyond 35 days")]
 )
@@ -349,12 +359,37 @@ async def test_pacing_holds_two_workers_to_the_senders_rate(paced: House) -> Non
     assert max(per_second.values()) <= 10, per_second
     assert timedelta(seconds=2.9) <= times[-1] - start <= timedelta(seconds=4), times[-1] - start
     # With no worker running, the queue statistics show the sender's backlog and the time to drain it.
-    for i in range(5):
-        await send(paced, user, unique_number(), f"waiting {i}")
+    waiting = [await send(paced, user, unique_number(), f"waiting {i}") for i in range(5)]
     stats = await paced.sms.GetQueueStats(sms_pb2.GetQueueStatsRequest(), metadata=auth(unique_user(), "admin"))
     [backlog] = [s for s in stats.senders if s.sender == FROM_NUMBER]
     assert (backlog.messages, backlog.segments, backlog.segments_per_second) == (5, 5, 10.0)
     assert backlog.drain_time.ToTimedelta() == timedelta(seconds=0.5)
+    for msg in waiting:
+        await paced.sms.CancelMessage(sms_pb2.CancelMessageRequest(message_id=msg.id), metadata=auth(user))
+
+
+async def test_a_turn_further_off_than_a_run_may_wait_defers_the_job_and_stays_cancelable(paced: House) -> None:
+    user = unique_user()
+    numbers = [unique_number() for _ in range(8)]
+    # Ten segments each at 10 a second: message k's turn is k seconds off; a run waits at most 5 s in place.
+    sent = [await send(paced, user, to, f"{i} " + "x" * 1528) for i, to in enumerate(numbers)]
+    assert {m.segments for m in sent} == {10}
+    worker = asyncio.create_task(paced.work())
+    try:
+        deferred = await eventually_async(
+            lambda: stored(paced, sent[7].id), 10, "the last turn kept", until=lambda d: d.get("paced_until")
+        )
+        assert deferred["status"] == "queued" and deferred["send_due"] == deferred["paced_until"]
+        resp = await paced.sms.CancelMessage(sms_pb2.CancelMessageRequest(message_id=sent[7].id), metadata=auth(user))
+        assert resp.message.status == types_pb2.MESSAGE_STATUS_CANCELED
+    finally:
+        await worker
+    creates = {c.to: aware(c.date_created) for c in paced.sim.state.in_order() if c.to in set(numbers)}
+    assert set(creates) == set(numbers[:7])
+    # The deferred seventh went at its turn, about six seconds after the first.
+    assert creates[numbers[6]] - creates[numbers[0]] >= timedelta(seconds=5.9)
+    canceled = await stored(paced, sent[7].id)
+    assert canceled["status"] == "canceled" and "send_due" not in canceled and not canceled.get("paced_until")
 
 
 # Quiet hours

@@ -144,7 +144,13 @@ class Sending:
             wait = await self.pacing.reserve(doc["from"], int(doc.get("segments") or 1))
             if wait > self.pace_hold_seconds:
                 slot = now() + timedelta(seconds=wait)
-                await self.store.set_send_state(doc, {"paced_until": slot, "send_due": slot})
+                # Conditional on the status read: a message canceled meanwhile keeps no `send_due` (which would
+                # have the reconciler enqueue it for ever); its attempt below then finds it canceled.
+                kept = await self.store.update_message(
+                    doc, {"status": doc["status"]}, {"$set": {"paced_until": slot, "send_due": slot}}
+                )
+                if kept is None:
+                    return
         if wait > self.pace_hold_seconds:
             log.info("send %s: the sender's turn is in %.1f s; deferred", doc["_id"], wait)
             raise Retry(defer=wait)
