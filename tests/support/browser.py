@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -209,7 +210,13 @@ def char_lefts(locator: Any, text: str) -> list[float]:
     return lefts
 
 
-def reads_left_to_right(locator: Any, text: str) -> bool:
-    """Whether the last `text` in `locator`'s element is laid out in reading order, left to right."""
-    lefts = char_lefts(locator, text)
-    return all(a < b for a, b in pairwise(lefts))
+def reads_left_to_right(locator: Any, text: str, settle: float = 2.0) -> bool:
+    """Whether the last `text` in `locator`'s element is laid out in reading order, left to right, once its layout
+    settles: a live update may re-render the element while it is measured, so a misread is measured again for up
+    to `settle` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
+        lefts = char_lefts(locator, text)
+        if all(a < b for a, b in pairwise(lefts)) or time.monotonic() > deadline:
+            return all(a < b for a, b in pairwise(lefts))
+        time.sleep(0.1)
