@@ -36,6 +36,7 @@ from sms.v1 import sms_pb2, sms_pb2_grpc
 
 from server.auth import Caller, Role, mint_token
 from server.config import Config, without_settings
+from server.delivery_stats import DeliveryStats
 from server.embedded import EmbeddedServer, free_port, start_mongo, start_redis
 from server.events import EventLog
 from server.gateway import Gateway, validate_send
@@ -159,7 +160,11 @@ async def bench(
 
         arq = await create_pool(RedisSettings.from_dsn(redis_server.uri))
         gateway = Gateway(
-            cfg, store, EventLog(bare_redis, cfg.event_stream, cfg.event_retention), SendQueue(arq, "bench:bare")
+            cfg,
+            store,
+            EventLog(bare_redis, cfg.event_stream, cfg.event_retention),
+            SendQueue(arq, "bench:bare"),
+            DeliveryStats(bare_redis, "bench:bare:stats:"),
         )
 
         async def bare(i: int) -> None:

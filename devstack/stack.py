@@ -29,6 +29,8 @@ DEMO_TOKEN_TTL = 7 * 24 * 3600
 DEFAULT_FROM_NUMBER = "+15005550006"
 # The server drains in-flight calls on SIGTERM; an open Subscribe would hold Ctrl-C for the full default.
 DEV_DRAIN_SECONDS = "3"
+# The processes that serve Prometheus metrics, each on a port of its own (SMS_METRICS_ADDR).
+METRICS_PROCESSES = ("server", "worker", "bridge")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Settings:
     twilio_from_number: str
     twilio_api_base_url: str | None
     public_base_url: str
+    # Per process of METRICS_PROCESSES: its SMS_METRICS_ADDR ("host:port").
+    metrics_addrs: dict[str, str] = field(default_factory=dict)
 
     @property
     def envoy_config(self) -> Path:
@@ -142,6 +146,7 @@ def decide(cfg: Config, env: dict[str, str]) -> Settings:
         or (DEFAULT_FROM_NUMBER if not cfg.twilio_messaging_service_sid else ""),
         twilio_api_base_url=_url(cfg.simulator_addr) if simulated else cfg.twilio_api_base_url,
         public_base_url=public_base_url,
+        metrics_addrs={name: f"127.0.0.1:{free_port()}" for name in METRICS_PROCESSES},
     )
 
 
@@ -171,11 +176,21 @@ def child_env(s: Settings, env: dict[str, str]) -> dict[str, str]:
     else:
         out.pop("TWILIO_API_BASE_URL", None)
     out.setdefault("SMS_DRAIN_SECONDS", DEV_DRAIN_SECONDS)
+    # Each process that serves metrics gets a port of its own (_metered); one address for all could not bind.
+    out.pop("SMS_METRICS_ADDR", None)
     return out
 
 
 def _without(env: dict[str, str], *names: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in names}
+
+
+def _metered(s: Settings, name: str, env: dict[str, str]) -> dict[str, str]:
+    """`env` with `name`'s own SMS_METRICS_ADDR (none for a process that serves no metrics)."""
+    out = _without(env, "SMS_METRICS_ADDR")
+    if name in s.metrics_addrs:
+        out["SMS_METRICS_ADDR"] = s.metrics_addrs[name]
+    return out
 
 
 def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console) -> list[ChildSpec]:
@@ -199,7 +214,7 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
         ChildSpec(
             "server",
             [*SMS_GATEWAY, "server"],
-            cenv,
+            _metered(s, "server", cenv),
             grpc_check(s.grpc_addr),
             stop_timeout=float(cenv["SMS_DRAIN_SECONDS"] or 0) + 5,
         )
@@ -214,7 +229,7 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
         ChildSpec(
             "worker",
             [*SMS_GATEWAY, "worker"],
-            bare,
+            _metered(s, "worker", bare),
             worker_check(s.redis_url, cfg.arq_queue),
             start_timeout=20,
             required=False,
@@ -223,7 +238,7 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
         )
     )
     # The bridge holds only its ingest key: taken over, it could not mint user or admin tokens.
-    bridge_env = _without(cenv, "SMS_JWT_SECRET")
+    bridge_env = _metered(s, "bridge", _without(cenv, "SMS_JWT_SECRET"))
     bridge_check = http_check(_url(s.bridge_addr) + "/healthz")
     specs.append(ChildSpec("bridge", [*SMS_GATEWAY, "bridge"], bridge_env, bridge_check))
 
@@ -270,6 +285,8 @@ def stack_info(s: Settings, sup: Supervisor) -> dict[str, Any]:
             "mongo": s.mongo_port,
             "redis": s.redis_port,
         },
+        # Prometheus text of each process that serves it, by process.
+        "metrics": {name: _url(addr) + "/metrics" for name, addr in s.metrics_addrs.items()},
         "mongodb_uri": s.mongodb_uri,
         "mongodb_db": s.mongodb_db,
         "redis_url": s.redis_url,
@@ -305,6 +322,8 @@ def banner(info: dict[str, Any]) -> str:
             f"  Twilio     real account {info['twilio']['account_sid']}; webhooks must reach {urls['public_base_url']}"
         )
     lines.append(f"  from       {info['twilio']['from_number'] or '(messaging service)'}")
+    if info["metrics"]:
+        lines.append("  metrics    " + ", ".join(f"{name} {url}" for name, url in info["metrics"].items()))
     lines.append(f"  tokens, valid {DEMO_TOKEN_TTL // 86400} days:")
     for user, role in info["users"].items():
         lines.append(f"    {user:<6} ({role}) {info['tokens'][user]}")

@@ -12,6 +12,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from sms.v1 import ingest_pb2, ingest_pb2_grpc, sms_pb2, sms_pb2_grpc
 
+from server import metrics
 from server.admin import Admin
 from server.auth import check_secrets
 from server.config import Config
@@ -120,6 +121,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
             "are filed under %r and will not meet the replies to them",
             cfg.our_number,
         )
+    # Before the stores open: the process metrics already tell an operator about a start-up that hangs.
+    metrics.serve(cfg.metrics_addr)
     async with open_resources(cfg) as res:
         server = GatewayServer(cfg, res)
         await server.start()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 
+from server import logs
 from server.config import Config, ConfigError
 
 
@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--ttl", type=int, default=24 * 3600, help="lifetime in seconds (<= SMS_JWT_MAX_TTL_SECONDS)"
             )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = Config.from_env()
+        # After the settings are read: they choose the format (a settings error is printed, not logged).
+        logs.configure(cfg)
         return COMMANDS[args.command][1](cfg, args)
     except ConfigError as exc:
         print(f"sms-gateway {args.command}: {exc}", file=sys.stderr)

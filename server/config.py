@@ -41,6 +41,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _quiet_hours(env: Mapping[str, str], name: str) -> str:
     raw = env.get(name, "").strip()
     if raw:
@@ -143,6 +152,12 @@ class Config:
     quiet_hours: str = ""
     sender_mps: float = 0.0
 
+    # Operability: where this process serves Prometheus metrics ("host:port"; empty: not served), whether the
+    # metrics are recorded at all (off only to measure their cost), and the log format ("text" or "json").
+    metrics_addr: str = ""
+    metrics_enabled: bool = True
+    log_format: str = "text"
+
     # Queue and worker.
     arq_queue: str = "arq:queue"
     send_concurrency: int = 20
@@ -225,6 +240,9 @@ class Config:
             send_burst_per_user=_int(e, "SMS_SEND_BURST_PER_USER", cls.send_burst_per_user, minimum=1),
             allowed_countries=_countries(e, "SMS_ALLOWED_COUNTRIES", cls.allowed_countries),
             allow_premium_numbers=_bool(e, "SMS_ALLOW_PREMIUM_NUMBERS", cls.allow_premium_numbers),
+            metrics_addr=e.get("SMS_METRICS_ADDR", "").strip(),
+            metrics_enabled=_bool(e, "SMS_METRICS_ENABLED", cls.metrics_enabled),
+            log_format=_choice(e, "SMS_LOG_FORMAT", ("text", "json"), cls.log_format),
             schedule_max_days=_int(e, "SMS_SCHEDULE_MAX_DAYS", cls.schedule_max_days, minimum=1),
             quiet_hours=_quiet_hours(e, "SMS_QUIET_HOURS"),
             sender_mps=_float(e, "SMS_SENDER_MPS", cls.sender_mps),

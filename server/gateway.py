@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 
 from sms.v1 import types_pb2
 
-from server import limits, listing, paging, scheduling, segments
+from server import limits, listing, log_context, paging, scheduling, segments
 from server import status as st
 from server.auth import Caller
 from server.config import Config
 from server.convert import message_to_proto
+from server.delivery_stats import DeliveryStats
 from server.documents import (
     UNASSIGNED,
     ConversationDoc,
@@ -42,7 +43,7 @@ from server.events import EventLog
 from server.phone import check_destination, normalise_lenient, to_e164
 from server.reasons import Reason
 from server.store import Store
-from server.timeutil import now
+from server.timeutil import aware, now
 from server.visibility import may_see
 from server.worker.queue import SendQueue
 
@@ -188,11 +189,13 @@ def validate_send(
 class Gateway:
     """Everything the servicers and the worker do to messages and conversations."""
 
-    def __init__(self, cfg: Config, store: Store, events: EventLog, queue: SendQueue) -> None:
+    def __init__(self, cfg: Config, store: Store, events: EventLog, queue: SendQueue, stats: DeliveryStats) -> None:
         self.cfg = cfg
         self.store = store
         self.events = events
         self.queue = queue
+        # The delivery dashboard's counters (GetDeliveryStats), kept as messages are stored and change status.
+        self.stats = stats
         # Our side of every conversation, normalised once so outbound and inbound name the same conversation.
         self.our_number = normalise_lenient(cfg.our_number, cfg.default_region)
 
@@ -233,6 +236,10 @@ class Gateway:
         A repeat of an accepted request is answered before the destination guard and `admit` (the rate limit),
         so a client retrying what was accepted is never refused for it.
         """
+        with log_context.bind(request_id=req.request_id or None):
+            return await self._send(caller, req, admit)
+
+    async def _send(self, caller: Caller, req: SendInput, admit: Admission | None) -> tuple[MessageDoc, bool]:
         fingerprint = req.fingerprint()
         request_key = request_key_of(caller, req.request_id)
         repeat = await self.earlier_request(request_key, fingerprint)
@@ -378,7 +385,12 @@ class Gateway:
         and of two concurrent writers exactly one inserts. Returns the message and whether it was a repeat.
         """
         if await self.store.insert_new_message(doc):
-            await self.finish(doc)
+            with log_context.bind(message_id=str(doc["_id"]), conversation_id=doc["conversation_id"]):
+                await self.finish(doc)
+                log.info("%s message stored (%s)", doc["direction"], doc["status"] or "note")
+            if doc["direction"] == "outbound":
+                # Here, once per insert: `finish` runs again when a half-done message is resumed.
+                await self.stats.record(st.QUEUED, doc["created"])
             return doc, False
         earlier = await find_earlier()
         if earlier is None:
@@ -448,8 +460,9 @@ class Gateway:
     async def resume_pending(self, doc: MessageDoc) -> None:
         """Finishes a message abandoned half-way (see `finish`), unless another replica just took it over."""
         if await self.store.claim_pending(doc["_id"], doc["pending"]):
-            log.warning("finishing message %s whose first delivery stopped half-way", doc["_id"])
-            await self.finish(doc)
+            with log_context.bind(message_id=str(doc["_id"]), conversation_id=doc["conversation_id"]):
+                log.warning("finishing a message whose first delivery stopped half-way")
+                await self.finish(doc)
 
     async def _conversation_to_send(self, caller: Caller, req: SendInput) -> ConversationDoc:
         """The conversation Send writes to; a new one belongs to whoever starts it, admins and services too."""
@@ -643,12 +656,23 @@ class Gateway:
             updated = await self.store.update_message(doc, expect, update)
             if updated is not None:
                 await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, updated)
+                await self._count(updated, new, applied, repeat, error_code)
                 return updated, applied
             fresh = await self.store.get_message(str(doc["_id"]))
             if fresh is None:
                 raise NotFound(f"message {doc['_id']} vanished", Reason.MESSAGE_NOT_FOUND)
             doc = fresh
         raise Aborted("message changed concurrently too often; retry", Reason.CONCURRENT_UPDATE)
+
+    async def _count(self, doc: MessageDoc, new: str, applied: bool, repeat: bool, error_code: int) -> None:
+        """Counts a recorded status for the dashboard: `sent` the first time it is recorded, even late (after
+        delivered, it still happened), every other outcome only when it moved the message (a late `failed` after
+        `delivered` is no second outcome)."""
+        if doc["direction"] != "outbound" or repeat or not (applied or new == st.SENT):
+            return
+        t = now()
+        latency = t - aware(doc["created"]) if new == st.DELIVERED else None
+        await self.stats.record(new, t, error_code=error_code, latency=latency)
 
     async def opt_out(self, cid: str, opted_out: bool = True) -> None:
         """Marks a conversation opted out (STOP or Twilio 21610) or back in."""

@@ -31,6 +31,7 @@ from server.events import (
     parse_event_id,
     read_page,
 )
+from server.metrics import EVENT_DELIVERY_SECONDS, EVENTS_DELIVERED, RESYNCS, SUBSCRIBERS_OPEN
 from server.reasons import Reason
 from server.visibility import visible_owners
 
@@ -55,6 +56,14 @@ LOG_UNAVAILABLE = "event log was unavailable"
 EVENTS_LOST = "a writer could not append some events"
 TOKEN_TRIMMED = "resume token is older than the retained event log"
 TOKEN_FUTURE = "resume token is ahead of the event log"
+# sms_resyncs_total's `reason` label: one short value per reason above, so the series are a fixed few.
+RESYNC_LABELS = {
+    SLOW_CONSUMER: "slow_consumer",
+    LOG_UNAVAILABLE: "log_unavailable",
+    EVENTS_LOST: "events_lost",
+    TOKEN_TRIMMED: "token_trimmed",
+    TOKEN_FUTURE: "token_future",
+}
 
 
 def _now() -> Timestamp:
@@ -72,6 +81,17 @@ def _event(raw_id: bytes, fields: dict[bytes, bytes]) -> Response:
 
 def _resync(reason: str, last: EventId) -> Response:
     return Response(resync_required=sms_pb2.ResyncRequired(reason=reason, last_event_id=format_event_id(last)))
+
+
+def _observe_delivery(response: Response) -> None:
+    """Counts a live event handed to its subscriber's stream, with its age: from the time the writer stored it
+    (the event's `time`, on the writer's clock) to now. This point, the stream's generator handing the event to
+    grpc, is the first at which it leaves the server's queues; offering it to the subscriber's queue is not (the
+    queue may still drop it for a resync). Clamped at 0 against writers whose clock runs ahead of ours."""
+    EVENTS_DELIVERED.inc()
+    stored = response.event.time
+    if stored.seconds or stored.nanos:
+        EVENT_DELIVERY_SECONDS.observe(max(0.0, time.time() - (stored.seconds + stored.nanos / 1e9)))
 
 
 def _heartbeat(last: EventId) -> Response:
@@ -166,6 +186,7 @@ class Hub:
         self._empty = asyncio.Event()
         self._empty.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._metrics = cfg.metrics_enabled
 
     @property
     def subscriber_count(self) -> int:
@@ -218,6 +239,8 @@ class Hub:
                 index.setdefault(key, set()).add(sub)
         self._count += 1
         self._empty.clear()
+        if self._metrics:
+            SUBSCRIBERS_OPEN.inc()
 
     def _remove(self, sub: Subscriber) -> None:
         index, keys = self._index(sub)
@@ -233,6 +256,8 @@ class Hub:
         self._count -= 1
         if not self._count:
             self._empty.set()
+        if self._metrics:
+            SUBSCRIBERS_OPEN.dec()
 
     # The one reader
 
@@ -374,21 +399,23 @@ class Hub:
                     raise Unavailable("event log unavailable", Reason.EVENT_LOG_UNAVAILABLE) from None
                 if cursor > state.last:
                     self._settle(sub, state.last)
-                    yield _resync(TOKEN_FUTURE, state.last), state.last
+                    yield self._resync(TOKEN_FUTURE, state.last), state.last
                     return
                 if state.missed_after(cursor):
                     self._settle(sub, state.last)
-                    yield _resync(TOKEN_TRIMMED, state.last), state.last
+                    yield self._resync(TOKEN_TRIMMED, state.last), state.last
                     return
                 for raw_id, fields in entries:
                     cursor = entry_id(raw_id)
                     if F_GAP in fields:
-                        yield _resync(EVENTS_LOST, cursor), cursor
+                        yield self._resync(EVENTS_LOST, cursor), cursor
                     elif sub.wants(
                         fields.get(F_OWNER, b"").decode(),
                         fields.get(F_CONVERSATION, b"").decode(),
                         None if F_PREVIOUS_OWNER not in fields else fields[F_PREVIOUS_OWNER].decode(),
                     ):
+                        if self._metrics:
+                            EVENTS_DELIVERED.inc()
                         yield _event(raw_id, fields), cursor
                 if len(entries) < REPLAY_PAGE:
                     break
@@ -403,6 +430,12 @@ class Hub:
             rounds += 1
             sub.clear()
             sub.resync = None
+
+    def _resync(self, reason: str, last: EventId) -> Response:
+        """A resync for a subscriber's stream, counted by reason."""
+        if self._metrics:
+            RESYNCS.labels(RESYNC_LABELS.get(reason, "other")).inc()
+        return _resync(reason, last)
 
     def _mark(self, sub: Subscriber, delivered: EventId) -> EventId:
         """The resume point a heartbeat may carry: the reader's position only once nothing is queued or owed."""
@@ -427,7 +460,7 @@ class Hub:
             if sub.resync is not None:
                 delivered, reason = sub.resync
                 sub.resync = None
-                yield _resync(reason, delivered)
+                yield self._resync(reason, delivered)
                 last_sent = time.monotonic()
                 continue
             if sub.items:
@@ -435,6 +468,8 @@ class Hub:
                 if key <= delivered:
                     continue
                 delivered = key
+                if self._metrics:
+                    _observe_delivery(response)
                 yield response
                 last_sent = time.monotonic()
                 continue

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from sms.v1 import ingest_pb2, ingest_pb2_grpc
 
-from server import limits
+from server import limits, log_context
 from server.auth import Caller, Role
 from server.config import Config
 from server.convert import message_to_proto
 from server.documents import MediaDoc
 from server.edge import Context, unary
 from server.gateway import Gateway
+
+log = logging.getLogger(__name__)
 
 
 def _media(request: ingest_pb2.RecordInboundRequest) -> list[MediaDoc]:
@@ -54,17 +58,21 @@ class IngestServicer(ingest_pb2_grpc.SmsIngestServiceServicer):
     ) -> ingest_pb2.RecordInboundResponse:
         _check_inbound(request)
         received = limits.timestamp("receive_time", request.receive_time) if request.HasField("receive_time") else None
-        doc, duplicate = await self.gateway.record_inbound(
-            request.message_sid,
-            request.from_number,
-            request.to_number,
-            request.body,
-            _media(request),
-            request.num_segments,
-            dict(request.params),
-            received,
-            request.messaging_service_sid,
-        )
+        # Bound once checked: the sid is then within limits.ID_BYTES.
+        with log_context.bind(twilio_sid=request.message_sid):
+            doc, duplicate = await self.gateway.record_inbound(
+                request.message_sid,
+                request.from_number,
+                request.to_number,
+                request.body,
+                _media(request),
+                request.num_segments,
+                dict(request.params),
+                received,
+                request.messaging_service_sid,
+            )
+            with log_context.bind(message_id=doc["_id"], conversation_id=doc["conversation_id"]):
+                log.info("inbound %s", "duplicate" if duplicate else "stored")
         return ingest_pb2.RecordInboundResponse(message=message_to_proto(doc), duplicate=duplicate)
 
     @unary(Role.INGEST, Role.SERVICE)
@@ -73,7 +81,10 @@ class IngestServicer(ingest_pb2_grpc.SmsIngestServiceServicer):
     ) -> ingest_pb2.RecordStatusResponse:
         _check_status(request)
         at = limits.timestamp("status_time", request.status_time) if request.HasField("status_time") else None
-        doc, applied = await self.gateway.record_status(
-            request.message_sid, request.message_status, request.error_code, request.error_message, at
-        )
+        with log_context.bind(twilio_sid=request.message_sid):
+            doc, applied = await self.gateway.record_status(
+                request.message_sid, request.message_status, request.error_code, request.error_message, at
+            )
+            with log_context.bind(message_id=doc["_id"], conversation_id=doc["conversation_id"]):
+                log.info("status %s %s", request.message_status, "applied" if applied else "not applied")
         return ingest_pb2.RecordStatusResponse(message=message_to_proto(doc), applied=applied)

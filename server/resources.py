@@ -15,6 +15,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 
 from server.config import Config
+from server.delivery_stats import DeliveryStats, stats_prefix
 from server.embedded import EmbeddedServer, require_embedded, start_mongo, start_redis
 from server.events import EventLog
 from server.gateway import Gateway
@@ -79,7 +80,7 @@ async def open_resources(cfg: Config) -> AsyncIterator[Resources]:
     redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=3, health_check_interval=10)
     arq = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=cfg.arq_queue)
     events = EventLog(redis, cfg.event_stream, cfg.event_retention)
-    gateway = Gateway(cfg, store, events, SendQueue(arq, cfg.arq_queue))
+    gateway = Gateway(cfg, store, events, SendQueue(arq, cfg.arq_queue), DeliveryStats(redis, stats_prefix(cfg)))
     res = Resources(cfg, store, redis, arq, gateway, embedded)
     try:
         await store.ensure_indexes()

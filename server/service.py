@@ -207,6 +207,12 @@ class SmsServicer(sms_pb2_grpc.SmsServiceServicer):
         return await self.admin.queue_stats()
 
     @unary(Role.ADMIN)
+    async def GetDeliveryStats(
+        self, request: sms_pb2.GetDeliveryStatsRequest, context: Context, caller: Caller
+    ) -> sms_pb2.GetDeliveryStatsResponse:
+        return await self.admin.delivery_stats(request)
+
+    @unary(Role.ADMIN)
     async def SyncFromTwilio(
         self, request: sms_pb2.SyncFromTwilioRequest, context: Context, caller: Caller
     ) -> sms_pb2.SyncFromTwilioResponse:

@@ -16,6 +16,7 @@ import aiohttp
 import grpc
 import pytest
 from bson import ObjectId
+from prometheus_client import CollectorRegistry
 from sms.v1 import sms_pb2, sms_pb2_grpc
 from twilio.request_validator import RequestValidator
 
@@ -170,17 +171,20 @@ def test_required_parameters(body: bytes, convert: Callable[[Any], object]) -> N
 
 
 def test_metrics_exposition() -> None:
-    m = BridgeMetrics()
+    # A registry of its own: the default one is shared by every bridge app built in this process. prometheus_client
+    # writes every value as a float ("2.0") and the labels sorted by name (`le` too), where the hand-written
+    # exposition wrote integers ("2") and the labels in their declared order.
+    m = BridgeMetrics(CollectorRegistry())
     m.posts.inc("inbound", "stored")
     m.posts.inc("inbound", "stored")
     m.ingest_latency.observe(0.003, "RecordInbound", "OK")
     m.ingest_latency.observe(20.0, "RecordInbound", "OK")
     text = m.render()
-    assert 'sms_bridge_posts_total{route="inbound",outcome="stored"} 2' in text
-    assert 'sms_bridge_ingest_call_seconds_bucket{method="RecordInbound",result="OK",le="0.0025"} 0' in text
-    assert 'sms_bridge_ingest_call_seconds_bucket{method="RecordInbound",result="OK",le="0.005"} 1' in text
-    assert 'sms_bridge_ingest_call_seconds_bucket{method="RecordInbound",result="OK",le="+Inf"} 2' in text
-    assert 'sms_bridge_ingest_call_seconds_count{method="RecordInbound",result="OK"} 2' in text
+    assert 'sms_bridge_posts_total{outcome="stored",route="inbound"} 2.0' in text
+    assert 'sms_bridge_ingest_call_seconds_bucket{le="0.0025",method="RecordInbound",result="OK"} 0.0' in text
+    assert 'sms_bridge_ingest_call_seconds_bucket{le="0.005",method="RecordInbound",result="OK"} 1.0' in text
+    assert 'sms_bridge_ingest_call_seconds_bucket{le="+Inf",method="RecordInbound",result="OK"} 2.0' in text
+    assert 'sms_bridge_ingest_call_seconds_count{method="RecordInbound",result="OK"} 2.0' in text
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -403,6 +403,17 @@ def test_dev_json_has_every_field(stack: DevStack) -> None:
     assert info["twilio"]["auth_token"] not in stack.log()
 
 
+def test_each_process_serves_its_metrics(stack: DevStack) -> None:
+    metrics = stack.info["metrics"]
+    assert set(metrics) == {"server", "worker", "bridge"}
+    assert len(set(metrics.values())) == 3  # a port each
+    for name, url in metrics.items():
+        assert url in stack.log(), f"{name}'s metrics address is not in the banner"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain"), name
+            assert "process_cpu_seconds_total" in resp.read().decode(), name
+
+
 def test_every_component_answers_its_health_check(stack: DevStack) -> None:
     with grpc.insecure_channel(stack.grpc_target) as channel:
         resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)

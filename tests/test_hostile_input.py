@@ -364,8 +364,15 @@ class Fuzz:
             sync.start_time.CopyFrom(h.timestamp())
         if h.chance(0.5):
             sync.end_time.CopyFrom(h.timestamp())
+        stats = sms_pb2.GetDeliveryStatsRequest()
+        if h.chance(0.7):
+            stats.window.seconds = h.rng.choice([0, 59, 3600, 86400, 35 * 86400, 36 * 86400, -1, 2**40])
+        if h.chance(0.7):
+            stats.bucket.seconds = h.rng.choice([0, 30, 60, 90, 3600, 86400, -60, 2**40])
+            stats.bucket.nanos = h.rng.choice([0, 0, 1, 999_999_999])
         return [
             lambda: self.rpc("GetQueueStats", self.sms.GetQueueStats(sms_pb2.GetQueueStatsRequest(), metadata=md)),
+            lambda: self.rpc("GetDeliveryStats", self.sms.GetDeliveryStats(stats, metadata=md)),
             lambda: self.rpc("SyncFromTwilio", self.sms.SyncFromTwilio(sync, metadata=md)),
         ]
 

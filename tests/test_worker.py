@@ -299,7 +299,9 @@ async def test_queue_stats_move(stack: Stack, sms: sms_pb2_grpc.SmsServiceAsyncS
         until=lambda stats: stats.queue_length == stopped.queue_length,
     )
     assert after.queued == stopped.queued and after.in_progress == 0 and after.retrying == 0
-    assert after.sent_last_minute >= before.sent_last_minute + 3
+    # Sliding windows: earlier tests' sends may have left the last minute meanwhile, hardly the last hour.
+    assert after.sent_last_minute >= 3
+    assert after.sent_last_hour >= before.sent_last_hour + 3
     assert after.sent_last_hour >= after.sent_last_minute
     assert after.failed_last_hour == stopped.failed_last_hour + 1
     assert after.worker_healthy

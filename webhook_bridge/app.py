@@ -20,7 +20,8 @@ from server.webhook_routes import INBOUND_PATH, STATUS_PATH
 from webhook_bridge.connections import ConnectionGuard, GuardedSite, request_timing
 from webhook_bridge.forms import FORM_CONTENT_TYPE, FormError, inbound_request, parse_form, status_request
 from webhook_bridge.ingest_client import TOKEN_TTL_SECONDS, IngestClient, IngestError
-from webhook_bridge.metrics import BridgeMetrics
+from webhook_bridge.log_context import bind_trace_id
+from webhook_bridge.metrics import BridgeMetrics, serve_metrics
 from webhook_bridge.signature import SIGNATURE_HEADER, SignatureVerifier, Verdict
 
 log = logging.getLogger("webhook_bridge")
@@ -75,7 +76,7 @@ class Bridge:
         return web.Response(status=503, text="grpc server not serving\n")
 
     async def metrics_page(self, _: web.Request) -> web.Response:
-        """GET /metrics: Prometheus text exposition."""
+        """GET /metrics: Prometheus text exposition (prometheus_client's, process metrics included)."""
         body = self.metrics.render().encode()
         return web.Response(body=body, headers={"Content-Type": BridgeMetrics.CONTENT_TYPE})
 
@@ -189,7 +190,7 @@ def build_app(cfg: Config, metrics: BridgeMetrics | None = None) -> web.Applicat
     client = IngestClient(cfg.grpc_target, cfg.ingest_secret, cfg.bridge_deadline_seconds, metrics, ttl)
     bridge = Bridge(client, verifier, metrics, cfg.bridge_read_timeout_seconds)
     # One byte over the limit is enough to tell "too large" from "exactly at the limit".
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[request_timing])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[request_timing, bind_trace_id])
     app[METRICS] = metrics
     app.router.add_post(INBOUND_PATH, bridge.inbound)
     app.router.add_post(STATUS_PATH, bridge.status)
@@ -228,6 +229,8 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> int:
     """Serves until SIGTERM/SIGINT, then stops accepting, finishes in-flight posts and returns 0."""
     host, port = split_addr(cfg.bridge_addr, "SMS_BRIDGE_ADDR")
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
+    # /metrics on the bridge's port stays; SMS_METRICS_ADDR serves the same registry where every process does.
+    serve_metrics(cfg.metrics_addr)
     runner = make_runner(cfg, build_app(cfg))
     await runner.setup()
     stop = asyncio.Event()

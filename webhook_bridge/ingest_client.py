@@ -11,8 +11,9 @@ from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sms.v1 import ingest_pb2, ingest_pb2_grpc
+from sms.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
 
+from server import log_context
 from server.auth import Role, mint_token
 from server.errors import error_reason
 from server.reasons import Reason
@@ -125,11 +126,21 @@ class IngestClient:
 
     async def record_inbound(self, request: ingest_pb2.RecordInboundRequest) -> ingest_pb2.RecordInboundResponse:
         """Stores an inbound message (deduplicated by the server on message_sid)."""
-        return await self._call("RecordInbound", self._stub.RecordInbound, request, retry_not_found=False)
+        _add_sid(request.message_sid)
+        resp = await self._call("RecordInbound", self._stub.RecordInbound, request, retry_not_found=False)
+        _add_message(resp.message)
+        log.info("inbound %s", "duplicate" if resp.duplicate else "stored")
+        return resp
 
     async def record_status(self, request: ingest_pb2.RecordStatusRequest) -> ingest_pb2.RecordStatusResponse:
         """Records a status callback; an unknown sid is asked about again briefly before giving up."""
-        return await self._call("RecordStatus", self._stub.RecordStatus, request, retry_not_found=True)
+        _add_sid(request.message_sid)
+        resp = await self._call("RecordStatus", self._stub.RecordStatus, request, retry_not_found=True)
+        _add_message(resp.message)
+        # The message's status as stored, not the post's text (which only the server checks).
+        status = types_pb2.MessageStatus.Name(resp.message.status)
+        log.info("status callback %s; message %s", "applied" if resp.applied else "not applied", status)
+        return resp
 
     async def serving(self, within: float = 1.0) -> bool:
         """Whether the server answers its grpc.health.v1 check with SERVING within `within` seconds."""
@@ -162,7 +173,7 @@ class IngestClient:
             if remaining <= 0:
                 raise IngestError(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left for another attempt")
             try:
-                metadata = self._tokens.metadata()
+                metadata = self._tokens.metadata() + _trace_metadata()
                 return await rpc(request, timeout=remaining, metadata=metadata, wait_for_ready=wait_for_ready)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
@@ -190,6 +201,22 @@ class IngestClient:
                     raise IngestError(code, details) from None
             self._metrics.ingest_retries.inc(method, cause)
             await _sleep_within(pause, deadline)
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The post's trace id as `x-request-id`, so the server's lines of this call carry the bridge's trace id."""
+    trace_id = log_context.current().get("trace_id")
+    return ((log_context.REQUEST_ID_KEY, trace_id),) if trace_id else ()
+
+
+def _add_sid(sid: str) -> None:
+    """The post's MessageSid as `twilio_sid` for the rest of the post (the middleware's bind), when loggable."""
+    log_context.add(twilio_sid=log_context.bounded_id(sid))
+
+
+def _add_message(message: types_pb2.Message) -> None:
+    """The stored message's ids for the rest of the post (the server answered with the message)."""
+    log_context.add(message_id=message.id, conversation_id=message.conversation_id)
 
 
 def _conflict(exc: grpc.aio.AioRpcError) -> bool:

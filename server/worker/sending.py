@@ -33,6 +33,7 @@ from arq import Retry
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.exceptions import RedisError
 
+from server import log_context
 from server import status as st
 from server.config import Config
 from server.documents import Fields, LastError, MessageDoc
@@ -41,6 +42,7 @@ from server.gateway import Gateway
 from server.store import Store
 from server.timeutil import aware, now
 from server.webhook_routes import STATUS_PATH
+from server.worker import metrics
 from server.worker.pacing import SenderPacing
 from server.worker.twilio_client import TwilioClient, TwilioFailure, TwilioMessage, bounded
 
@@ -60,6 +62,11 @@ RECORD_PAUSES = (0.2, 2.0)
 CALLBACK_OVERRIDES = "#rc=3&rp=ct,rt,5xx"
 # A SCHEDULED message's job that runs this early (clocks) waits in place; earlier than that, it is deferred.
 SCHEDULE_EARLY_SECONDS = 2.0
+
+
+class Deferral(Retry):
+    """A run put off to a later time without a failure (the message's time, its sender's turn): a Retry to arq,
+    told apart from one after a failure only by the metrics (sms_worker_jobs_total outcome "deferred")."""
 
 
 class Sending:
@@ -86,6 +93,26 @@ class Sending:
 
     async def run(self, message_id: str) -> str:
         """One run of the job; returns a word for arq's log, raises Retry to run again later."""
+        if not self.cfg.metrics_enabled:
+            return await self._guarded(message_id)
+        outcome = "error"
+        try:
+            word = await self._guarded(message_id)
+            outcome = metrics.job_outcome(word)
+            return word
+        except Deferral:
+            outcome = "deferred"
+            raise
+        except Retry:
+            outcome = "retry"
+            raise
+        except asyncio.CancelledError:
+            outcome = "interrupted"  # arq's job timeout, or the worker stopping
+            raise
+        finally:
+            metrics.JOBS.labels(outcome).inc()
+
+    async def _guarded(self, message_id: str) -> str:
         deadline = time.monotonic() + self.cfg.job_timeout_seconds - RUN_MARGIN_SECONDS
         try:
             return await self._run(message_id, deadline)
@@ -93,7 +120,16 @@ class Sending:
             # A store outage must not fail the job for good (arq only re-runs on Retry); any attempt in flight
             # stays marked, so the next run settles it before sending again.
             log.warning("send %s: store error, retrying: %s", message_id, bounded(str(exc)))
+            self._count_retry("store_error")
             raise Retry(defer=self.retry_delay(1)) from exc
+
+    def _count_retry(self, reason: str) -> None:
+        if self.cfg.metrics_enabled:
+            metrics.SEND_RETRIES.labels(reason).inc()
+
+    def _count_settle(self, result: str) -> None:
+        if self.cfg.metrics_enabled:
+            metrics.SETTLES.labels(result).inc()
 
     async def _run(self, message_id: str, deadline: float) -> str:
         doc = await self.store.get_message(message_id)
@@ -109,7 +145,7 @@ class Sending:
         if doc["status"] == st.SCHEDULED:
             early = (aware(doc["send_at"]) - now()).total_seconds() if doc.get("send_at") else 0.0
             if early > SCHEDULE_EARLY_SECONDS:
-                raise Retry(defer=early)  # run ahead of its time (e.g. re-enqueued without the delay)
+                raise Deferral(defer=early)  # run ahead of its time (e.g. re-enqueued without the delay)
             if early > 0:
                 await asyncio.sleep(early)
         if known is not None:
@@ -142,6 +178,8 @@ class Sending:
             wait = (aware(paced) - now()).total_seconds()
         else:
             wait = await self.pacing.reserve(doc["from"], int(doc.get("segments") or 1))
+            if self.cfg.metrics_enabled:
+                metrics.PACING_WAIT.observe(wait)  # as reserved, once per message (a deferred run reuses it)
             if wait > self.pace_hold_seconds:
                 slot = now() + timedelta(seconds=wait)
                 # Conditional on the status read: a message canceled meanwhile keeps no `send_due` (which would
@@ -153,7 +191,7 @@ class Sending:
                     return
         if wait > self.pace_hold_seconds:
             log.info("send %s: the sender's turn is in %.1f s; deferred", doc["_id"], wait)
-            raise Retry(defer=wait)
+            raise Deferral(defer=wait)
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -187,7 +225,9 @@ class Sending:
                 return f"failed on try {attempt}: {failure}"
             # When Twilio may have the message (timeout, 5xx), the marker stays and the next run settles it,
             # which on the last try decides between adopting it and failing.
-            await self._retry_later(doc, attempt, failure, keep_marker=failure.maybe_processed)
+            await self._retry_later(
+                doc, attempt, failure, keep_marker=failure.maybe_processed, reason=metrics.retry_reason(failure)
+            )
         await self._record(doc, msg, deadline)
         return f"sent {msg.sid} ({msg.status})"
 
@@ -198,6 +238,7 @@ class Sending:
         message kept in `_unrecorded` for the next run. Raises Retry when another message owns the sid.
         """
         message_id = str(doc["_id"])
+        log_context.add(twilio_sid=msg.sid)  # the rest of the job's lines carry Twilio's sid
         self._unrecorded[message_id] = msg  # kept even if arq cancels this run mid-write
         pause = RECORD_PAUSES[0]
         while True:
@@ -237,7 +278,7 @@ class Sending:
         failure = TwilioFailure(
             0, f"Twilio's {msg.sid} belongs to message {owner_id}", transient=True, maybe_processed=True
         )
-        await self._retry_later(doc, attempt, failure, keep_marker=True)
+        await self._retry_later(doc, attempt, failure, keep_marker=True, reason="sid_taken")
 
     async def _adopt(self, doc: MessageDoc, msg: TwilioMessage) -> MessageDoc:
         """Stores Twilio's message as this message's: sid, status (when above SENDING), segments, price."""
@@ -267,11 +308,12 @@ class Sending:
         return doc
 
     async def _retry_later(
-        self, doc: MessageDoc, attempt: int, failure: TwilioFailure, *, keep_marker: bool
+        self, doc: MessageDoc, attempt: int, failure: TwilioFailure, *, keep_marker: bool, reason: str
     ) -> NoReturn:
         """Records try number `attempt` as failed with `failure` and defers the job by the backoff; raises Retry.
 
         `keep_marker`: Twilio may have the message, so the next run settles the attempt before sending again.
+        `reason`: sms_send_retries_total's label (a fixed word, see server/worker/metrics.py).
         """
         delay = self.retry_delay(attempt)
         retry_at = now() + timedelta(seconds=delay)
@@ -281,6 +323,7 @@ class Sending:
             fields["in_flight"] = None
         await self.store.set_send_state(doc, fields)
         log.info("send %s: try %d: %s; retrying in %.2f s", doc["_id"], attempt, failure, delay)
+        self._count_retry(reason)
         raise Retry(defer=delay)
 
     async def _fail(self, doc: MessageDoc, code: int, message: str, attempts: int | None = None) -> None:
@@ -306,13 +349,18 @@ class Sending:
             attempt = int(doc.get("attempts", 0)) + 1
             if not failure.transient or attempt >= self.cfg.send_max_tries:
                 await self._fail(doc, failure.code, failure.message, attempts=attempt)
+                self._count_settle("failed")
                 return doc, f"failed while settling after {attempt} tries: {failure}"
             log.info("send %s: cannot settle the earlier attempt yet: %s", doc["_id"], failure)
-            await self._retry_later(doc, attempt, failure, keep_marker=True)
+            self._count_settle("deferred")
+            await self._retry_later(doc, attempt, failure, keep_marker=True, reason="settle")
         if match is not None:
             log.info("send %s: earlier attempt reached Twilio as %s; adopting it", doc["_id"], match.sid)
-            return await self._record(doc, match, deadline), f"adopted {match.sid}"
+            recorded = await self._record(doc, match, deadline)
+            self._count_settle("adopted")
+            return recorded, f"adopted {match.sid}"
         updated = await self.store.set_send_state(doc, {"in_flight": None})
+        self._count_settle("absent")
         return (updated or doc), "absent"
 
     async def find_on_twilio(self, doc: MessageDoc) -> TwilioMessage | None:

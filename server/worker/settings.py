@@ -20,11 +20,13 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
+from server import metrics
 from server.config import TWILIO_SETTINGS, Config
 from server.resources import open_resources
 from server.signals import on_stop_signals
 from server.timeutil import now
 from server.worker.jobs import send_message
+from server.worker.metrics import watch_backlog
 from server.worker.pacing import SenderPacing
 from server.worker.queue import SEND_JOB
 from server.worker.reconcile import every, reconcile_once
@@ -85,7 +87,7 @@ def worker_settings(cfg: Config) -> dict[str, Any]:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Opens MongoDB, Redis and the Twilio client; starts the reconciler and the periodic sync."""
+    """Opens MongoDB, Redis and the Twilio client; starts the reconciler, the periodic sync and the backlog gauges."""
     cfg: Config = ctx["cfg"]
     stack = contextlib.AsyncExitStack()
     ctx["stack"] = stack
@@ -127,6 +129,8 @@ async def startup(ctx: dict[str, Any]) -> None:
                 every(cfg.sync_interval_seconds, cfg.arq_queue + ":sync-lock", res.arq, periodic_sync, stopping)
             )
         )
+    if cfg.metrics_enabled:
+        tasks.append(asyncio.create_task(watch_backlog(res.store, stopping)))
     ctx["background"] = tasks
     if cfg.job_timeout_seconds < 2 * cfg.twilio_timeout_seconds + 1:
         log.warning(
@@ -177,5 +181,7 @@ async def work(cfg: Config, **overrides: Any) -> None:
 def run(cfg: Config) -> int:
     """Entry point of `sms-gateway worker`; ConfigError (exit 2 in the CLI) names every missing setting."""
     cfg.require(*REQUIRED_SETTINGS)
+    # From start-up, before arq connects: the process metrics then also cover a worker waiting for its stores.
+    metrics.serve(cfg.metrics_addr)
     asyncio.run(work(cfg))
     return 0

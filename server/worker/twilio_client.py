@@ -12,14 +12,18 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from server.config import Config
+from server.metrics import TWILIO_REQUEST_SECONDS, TWILIO_REQUESTS
 from server.timeutil import aware
 
 log = logging.getLogger(__name__)
@@ -203,6 +207,73 @@ def _unreadable(exc: Exception) -> TwilioFailure:
     )
 
 
+def request_operation(method: str, url: str) -> str:
+    """sms_twilio_requests_total's operation of an HTTP request to Twilio's Messages API: create (POST), list (GET
+    of the collection, a next page included), fetch (GET of one resource), other."""
+    method = method.upper()
+    if method == "POST":
+        return "create"
+    if method == "GET":
+        return "list" if urlsplit(url).path.endswith("/Messages.json") else "fetch"
+    return "other"
+
+
+@dataclass
+class _Request:
+    """The Twilio request in flight in this task: what sms_twilio_requests_total records once it ends."""
+
+    operation: str
+    started: float
+
+
+# Set by the HTTP client's log_request hook and cleared by its log_response hook, or, for a request that got no
+# answer, by the end of the call (`_metered`). Each call runs in a task of its own (asyncio.wait_for's), so
+# concurrent requests never see each other's.
+_in_flight: ContextVar[_Request | None] = ContextVar("twilio_request", default=None)
+
+
+def _record(request: _Request, status: str) -> None:
+    TWILIO_REQUESTS.labels(request.operation, status).inc()
+    TWILIO_REQUEST_SECONDS.labels(request.operation).observe(time.perf_counter() - request.started)
+
+
+def meter(http: Any) -> None:
+    """Has twilio-python's HTTP client `http` record each request's operation, HTTP status and duration.
+
+    Through its log_request and log_response hooks, which it calls around every request with the method, the URL
+    and the real status (twilio-python raises without it for some answers, and says nothing of a 2xx): a wait for
+    a concurrency slot is not counted, and no frame of ours sits between twilio-python and aiohttp (a wrapper of
+    `request` there would take over the DeprecationWarnings aiohttp attributes to twilio-python). A status outside
+    100..599 is "other"; a request that got no answer is recorded as "error" by `_metered`.
+    """
+    log_request, log_response = http.log_request, http.log_response
+
+    def on_request(kwargs: dict[str, Any]) -> None:
+        log_request(kwargs)
+        _in_flight.set(_Request(request_operation(str(kwargs["method"]), str(kwargs["url"])), time.perf_counter()))
+
+    def on_response(status_code: int, response: Any) -> None:
+        log_response(status_code, response)
+        request = _in_flight.get()
+        if request is not None:
+            _in_flight.set(None)
+            ok = isinstance(status_code, int) and 100 <= status_code <= 599
+            _record(request, str(status_code) if ok else "other")
+
+    http.log_request, http.log_response = on_request, on_response
+
+
+async def _metered(call: Awaitable[T]) -> T:
+    """Awaits `call`, then records a request it started and that got no answer (a network error, our timeout)."""
+    try:
+        return await call
+    finally:
+        request = _in_flight.get()
+        if request is not None:
+            _in_flight.set(None)
+            _record(request, "error")
+
+
 class TwilioClient:
     """One twilio-python async client per process, shared by every job; call `start` inside the event loop."""
 
@@ -219,6 +290,8 @@ class TwilioClient:
         from twilio.rest import Client
 
         self._http = AsyncTwilioHttpClient(logger=http_log)
+        if self.cfg.metrics_enabled:
+            meter(self._http)
         client = Client(self.cfg.twilio_account_sid, self.cfg.twilio_auth_token, http_client=self._http)
         if self.cfg.twilio_api_base_url:
             client.api.base_url = self.cfg.twilio_api_base_url.rstrip("/")
@@ -241,7 +314,8 @@ class TwilioClient:
         """Runs one request in a concurrency slot under the timeout; raises TwilioFailure."""
         async with self.limit:
             try:
-                return await asyncio.wait_for(make(), self.timeout)
+                # _metered inside wait_for's task: it sees the request the hooks marked there (see meter).
+                return await asyncio.wait_for(_metered(make()), self.timeout)
             except (Exception, TimeoutError) as exc:
                 raise classify(exc, self.timeout) from exc
 

@@ -110,14 +110,31 @@ def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
     }
 
 
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _series_key(series: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    """A series' name and label set: the same series whatever order the exposition writes its labels in."""
+    name, _, labels = series.partition("{")
+    return name, frozenset(_LABEL.findall(labels))
+
+
 async def metric(http: aiohttp.ClientSession, bridge: Bridge, series: str) -> float:
-    """The value of one exposition line (0 when absent)."""
+    """The value of one series, e.g. 'sms_bridge_posts_total{route="inbound",outcome="stored"}' (0 when absent).
+
+    Labels match in any order: prometheus_client writes them sorted by name.
+    """
     async with http.get(bridge.url + "/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = await resp.text()
-    m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
+    wanted = _series_key(series)
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            if _series_key(head) == wanted:
+                return float(value)
+    return 0.0
 
 
 async def healthz(http: aiohttp.ClientSession, bridge: Bridge) -> int:

@@ -1,5 +1,8 @@
-// Admin queue dashboard: GetQueueStats, refreshed when live events arrive (at most once a second).
+// Admin dashboard: delivery over time (GetDeliveryStats, delivery-dashboard.ts: charts, totals, errors, senders;
+// at most once every 5 s) above the send queue's counters (GetQueueStats, at most once a second), both refreshed
+// when live events arrive.
 import type { SmsClient } from "./api.js";
+import { DeliveryDashboard } from "./delivery-dashboard.js";
 import { h, icon } from "./dom.js";
 import { durationSeconds, humanAge, int } from "./format.js";
 import type { GetQueueStatsResponse } from "./gen/sms/v1/sms_pb.js";
@@ -11,6 +14,7 @@ export class QueueDashboard {
   readonly el: HTMLElement;
   private readonly body: HTMLElement;
   private readonly updated: HTMLElement;
+  private readonly delivery: DeliveryDashboard;
   private stats: GetQueueStatsResponse | null = null;
   private fetchedAt = 0;
   private visible = false;
@@ -25,6 +29,7 @@ export class QueueDashboard {
     private readonly client: SmsClient,
     private readonly onError: (err: unknown) => void,
   ) {
+    this.delivery = new DeliveryDashboard(client, onError);
     this.updated = h("span", { class: "dash-updated", "data-testid": "queue-updated" });
     this.body = h("div", { class: "dash-cards" });
     this.el = h(
@@ -33,7 +38,7 @@ export class QueueDashboard {
       h(
         "div",
         { class: "dash-head" },
-        h("h2", null, "Send queue"),
+        h("h2", null, "Dashboard"),
         this.updated,
         h(
           "button",
@@ -42,11 +47,13 @@ export class QueueDashboard {
           "Refresh",
         ),
       ),
+      this.delivery.el,
+      h("h2", { class: "dash-section-title" }, "Send queue"),
       this.body,
       h(
         "p",
         { class: "dash-note" },
-        "Updates as messages move through the queue (live events), at most once a second.",
+        "Updates as messages move through the queue (live events): the queue at most once a second, delivery at most once every 5 seconds.",
       ),
     );
     this.render();
@@ -55,6 +62,7 @@ export class QueueDashboard {
   show(): void {
     this.visible = true;
     if (this.dirty) this.bump();
+    this.delivery.show();
     window.clearInterval(this.ageTicker);
     this.ageTicker = window.setInterval(() => this.renderAgeOnly(), 1000);
   }
@@ -62,15 +70,18 @@ export class QueueDashboard {
   hide(): void {
     this.visible = false;
     window.clearInterval(this.ageTicker);
+    this.delivery.hide();
   }
 
   destroy(): void {
     this.hide();
     window.clearTimeout(this.timer);
+    this.delivery.destroy();
   }
 
   /** Something changed (a live event): refresh soon, but not more than once per MIN_INTERVAL_MS. */
   bump(): void {
+    this.delivery.bump();
     this.dirty = true;
     if (!this.visible || this.timer) return;
     const wait = Math.max(0, this.lastFetch + MIN_INTERVAL_MS - Date.now());
@@ -81,6 +92,7 @@ export class QueueDashboard {
   }
 
   refreshNow(): void {
+    this.delivery.refreshNow();
     window.clearTimeout(this.timer);
     this.timer = 0;
     void this.fetch();
@@ -97,6 +109,7 @@ export class QueueDashboard {
     try {
       this.stats = await this.client.getQueueStats({});
       this.fetchedAt = Date.now();
+      this.delivery.queueSenders(this.stats.senders);
       this.error = "";
     } catch (err) {
       this.error = "Could not load queue stats";

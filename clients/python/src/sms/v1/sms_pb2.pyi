@@ -563,6 +563,172 @@ class SenderBacklog(_message.Message):
 Global___SenderBacklog: _TypeAlias = SenderBacklog  # noqa: Y015
 
 @_typing.final
+class GetDeliveryStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """How far back from now: default 24 hours; from 1 minute to 35 days (INVALID_ARGUMENT beyond)."""
+
+    @_builtins.property
+    def bucket(self) -> _duration_pb2.Duration:
+        """The width of one bucket: default window / 24 rounded to whole minutes (at least 1 minute); a whole number of
+        minutes, and at most 1,440 buckets in the window (INVALID_ARGUMENT otherwise). Buckets of an hour or more
+        are whole hours.
+        """
+
+    def __init__(
+        self,
+        *,
+        window: _duration_pb2.Duration | None = ...,
+        bucket: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryStatsRequest: _TypeAlias = GetDeliveryStatsRequest  # noqa: Y015
+
+@_typing.final
+class DeliveryBucket(_message.Message):
+    """The counts of one time bucket: what happened to outbound messages in it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    UNDELIVERED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
+    DELIVERED_P50_FIELD_NUMBER: _builtins.int
+    DELIVERED_P95_FIELD_NUMBER: _builtins.int
+    queued: _builtins.int
+    """Outbound messages accepted by Send (or RetryMessage) in the bucket."""
+    sent: _builtins.int
+    """Status changes recorded in the bucket, each message counted once per status."""
+    delivered: _builtins.int
+    undelivered: _builtins.int
+    failed: _builtins.int
+    canceled: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_p50(self) -> _duration_pb2.Duration:
+        """Time from Send to delivered of the messages delivered in the bucket; zero when none was."""
+
+    @_builtins.property
+    def delivered_p95(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        queued: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        undelivered: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        canceled: _builtins.int = ...,
+        delivered_p50: _duration_pb2.Duration | None = ...,
+        delivered_p95: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_p50", b"delivered_p50", "delivered_p95", b"delivered_p95", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canceled", b"canceled", "delivered", b"delivered", "delivered_p50", b"delivered_p50", "delivered_p95", b"delivered_p95", "failed", b"failed", "queued", b"queued", "sent", b"sent", "start_time", b"start_time", "undelivered", b"undelivered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryBucket: _TypeAlias = DeliveryBucket  # noqa: Y015
+
+@_typing.final
+class ErrorCodeCount(_message.Message):
+    """How often an error code was recorded in the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """Twilio's error code."""
+    description: _builtins.str
+    """Twilio's short description of the code, from a table shipped with the server; empty for an unknown code."""
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        description: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "description", b"description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorCodeCount: _TypeAlias = ErrorCodeCount  # noqa: Y015
+
+@_typing.final
+class GetDeliveryStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    DELIVERED_P50_FIELD_NUMBER: _builtins.int
+    DELIVERED_P95_FIELD_NUMBER: _builtins.int
+    TOP_ERRORS_FIELD_NUMBER: _builtins.int
+    SENDERS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryBucket]:
+        """Oldest first; every bucket of the window, empty ones included."""
+
+    @_builtins.property
+    def delivered_p50(self) -> _duration_pb2.Duration:
+        """The window's time from Send to delivered (an estimate within one histogram bucket, about 20%)."""
+
+    @_builtins.property
+    def delivered_p95(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def top_errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorCodeCount]:
+        """The most frequent error codes of failed and undelivered messages in the window, at most 10, most first."""
+
+    @_builtins.property
+    def senders(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderBacklog]:
+        """Each sender's backlog, as in GetQueueStatsResponse."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window's start and the bucket width used."""
+
+    @_builtins.property
+    def bucket(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___DeliveryBucket] | None = ...,
+        delivered_p50: _duration_pb2.Duration | None = ...,
+        delivered_p95: _duration_pb2.Duration | None = ...,
+        top_errors: _abc.Iterable[Global___ErrorCodeCount] | None = ...,
+        senders: _abc.Iterable[Global___SenderBacklog] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        bucket: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "delivered_p50", b"delivered_p50", "delivered_p95", b"delivered_p95", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "buckets", b"buckets", "delivered_p50", b"delivered_p50", "delivered_p95", b"delivered_p95", "senders", b"senders", "start_time", b"start_time", "top_errors", b"top_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryStatsResponse: _TypeAlias = GetDeliveryStatsResponse  # noqa: Y015
+
+@_typing.final
 class SyncFromTwilioRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

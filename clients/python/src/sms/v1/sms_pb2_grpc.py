@@ -78,6 +78,11 @@ class SmsServiceStub:
                 request_serializer=sms_dot_v1_dot_sms__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=sms_dot_v1_dot_sms__pb2.GetQueueStatsResponse.FromString,
                 _registered_method=True)
+        self.GetDeliveryStats = channel.unary_unary(
+                '/sms.v1.SmsService/GetDeliveryStats',
+                request_serializer=sms_dot_v1_dot_sms__pb2.GetDeliveryStatsRequest.SerializeToString,
+                response_deserializer=sms_dot_v1_dot_sms__pb2.GetDeliveryStatsResponse.FromString,
+                _registered_method=True)
         self.SyncFromTwilio = channel.unary_unary(
                 '/sms.v1.SmsService/SyncFromTwilio',
                 request_serializer=sms_dot_v1_dot_sms__pb2.SyncFromTwilioRequest.SerializeToString,
@@ -198,6 +203,15 @@ class SmsServiceServicer:
 
     def GetQueueStats(self, request, context):
         """Admin only: the send queue's state, for the dashboard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeliveryStats(self, request, context):
+        """Admin only: sends and outcomes per time bucket, time from Send to delivered, the top error codes and each
+        sender's backlog, for the delivery dashboard. Read from counters kept as messages change: its cost does not
+        grow with the number of messages stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -338,6 +352,11 @@ def add_SmsServiceServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=sms_dot_v1_dot_sms__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=sms_dot_v1_dot_sms__pb2.GetQueueStatsResponse.SerializeToString,
+            ),
+            'GetDeliveryStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryStats,
+                    request_deserializer=sms_dot_v1_dot_sms__pb2.GetDeliveryStatsRequest.FromString,
+                    response_serializer=sms_dot_v1_dot_sms__pb2.GetDeliveryStatsResponse.SerializeToString,
             ),
             'SyncFromTwilio': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncFromTwilio,
@@ -620,6 +639,33 @@ class SmsService:
             '/sms.v1.SmsService/GetQueueStats',
             sms_dot_v1_dot_sms__pb2.GetQueueStatsRequest.SerializeToString,
             sms_dot_v1_dot_sms__pb2.GetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sms.v1.SmsService/GetDeliveryStats',
+            sms_dot_v1_dot_sms__pb2.GetDeliveryStatsRequest.SerializeToString,
+            sms_dot_v1_dot_sms__pb2.GetDeliveryStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

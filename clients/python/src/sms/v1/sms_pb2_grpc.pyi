@@ -53,6 +53,11 @@ class SmsServiceStub:
     """Live events: replays what came after resume_token, then streams new events and heartbeats."""
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_sms_pb2.GetQueueStatsRequest, _sms_pb2.GetQueueStatsResponse]
     """Admin only: the send queue's state, for the dashboard."""
+    GetDeliveryStats: _grpc.UnaryUnaryMultiCallable[_sms_pb2.GetDeliveryStatsRequest, _sms_pb2.GetDeliveryStatsResponse]
+    """Admin only: sends and outcomes per time bucket, time from Send to delivered, the top error codes and each
+    sender's backlog, for the delivery dashboard. Read from counters kept as messages change: its cost does not
+    grow with the number of messages stored.
+    """
     SyncFromTwilio: _grpc.UnaryUnaryMultiCallable[_sms_pb2.SyncFromTwilioRequest, _sms_pb2.SyncFromTwilioResponse]
     """Admin only: pages through Twilio's message list for a window and upserts by sid."""
     UpdateConversation: _grpc.UnaryUnaryMultiCallable[_sms_pb2.UpdateConversationRequest, _sms_pb2.UpdateConversationResponse]
@@ -116,6 +121,11 @@ class SmsServiceAsyncStub(SmsServiceStub):
     """Live events: replays what came after resume_token, then streams new events and heartbeats."""
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_sms_pb2.GetQueueStatsRequest, _sms_pb2.GetQueueStatsResponse]  # type: ignore[assignment]
     """Admin only: the send queue's state, for the dashboard."""
+    GetDeliveryStats: _aio.UnaryUnaryMultiCallable[_sms_pb2.GetDeliveryStatsRequest, _sms_pb2.GetDeliveryStatsResponse]  # type: ignore[assignment]
+    """Admin only: sends and outcomes per time bucket, time from Send to delivered, the top error codes and each
+    sender's backlog, for the delivery dashboard. Read from counters kept as messages change: its cost does not
+    grow with the number of messages stored.
+    """
     SyncFromTwilio: _aio.UnaryUnaryMultiCallable[_sms_pb2.SyncFromTwilioRequest, _sms_pb2.SyncFromTwilioResponse]  # type: ignore[assignment]
     """Admin only: pages through Twilio's message list for a window and upserts by sid."""
     UpdateConversation: _aio.UnaryUnaryMultiCallable[_sms_pb2.UpdateConversationRequest, _sms_pb2.UpdateConversationResponse]  # type: ignore[assignment]
@@ -224,6 +234,17 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sms_pb2.GetQueueStatsResponse, _abc.Awaitable[_sms_pb2.GetQueueStatsResponse]]:
         """Admin only: the send queue's state, for the dashboard."""
+
+    @_abc_1.abstractmethod
+    def GetDeliveryStats(
+        self,
+        request: _sms_pb2.GetDeliveryStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sms_pb2.GetDeliveryStatsResponse, _abc.Awaitable[_sms_pb2.GetDeliveryStatsResponse]]:
+        """Admin only: sends and outcomes per time bucket, time from Send to delivered, the top error codes and each
+        sender's backlog, for the delivery dashboard. Read from counters kept as messages change: its cost does not
+        grow with the number of messages stored.
+        """
 
     @_abc_1.abstractmethod
     def SyncFromTwilio(

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sms/v1/sms.proto.
  */
 export const file_sms_v1_sms: GenFile = /*@__PURE__*/
-  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEisgEKC1NlbmRSZXF1ZXN0EhAKAnRvGAEgASgJQgTiQQECEgwKBGJvZHkYAiABKAkSEgoKbWVkaWFfdXJscxgDIAMoCRISCgpjb250YWN0X2lkGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSKwoHc2VuZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSaWdub3JlX3F1aWV0X2hvdXJzGAcgASgIIkMKDFNlbmRSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIi0KEUdldE1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQIiNgoSR2V0TWVzc2FnZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZSI3ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJFChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uImAKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSDQoFcXVlcnkYBCABKAkiYQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIrCg1jb252ZXJzYXRpb25zGAEgAygLMhQuc21zLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USIQoIbWVzc2FnZXMYASADKAsyDy5zbXMudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAobTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJKChxNYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iVQoQU3Vic2NyaWJlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhIKCmFsbF9vd25lcnMYAyABKAgiTAoJSGVhcnRiZWF0EhUKDWxhc3RfZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoOUmVzeW5jUmVxdWlyZWQSDgoGcmVhc29uGAEgASgJEhUKDWxhc3RfZXZlbnRfaWQYAiABKAkimgEKEVN1YnNjcmliZVJlc3BvbnNlEh4KBWV2ZW50GAEgASgLMg0uc21zLnYxLkV2ZW50SAASJgoJaGVhcnRiZWF0GAIgASgLMhEuc21zLnYxLkhlYXJ0YmVhdEgAEjEKD3Jlc3luY19yZXF1aXJlZBgDIAEoCzIWLnNtcy52MS5SZXN5bmNSZXF1aXJlZEgAQgoKCHJlc3BvbnNlIhYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0ItACChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDgoGcXVldWVkGAEgASgDEhMKC2luX3Byb2dyZXNzGAIgASgDEhAKCHJldHJ5aW5nGAMgASgDEhgKEGZhaWxlZF9sYXN0X2hvdXIYBCABKAMSGAoQc2VudF9sYXN0X21pbnV0ZRgFIAEoAxIWCg5zZW50X2xhc3RfaG91chgGIAEoAxI0ChFvbGRlc3RfcXVldWVkX2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxxdWV1ZV9sZW5ndGgYCCABKAMSFgoOd29ya2VyX2hlYWx0aHkYCSABKAgSFQoNd29ya2VyX2hlYWx0aBgKIAEoCRIRCglzY2hlZHVsZWQYCyABKAMSJgoHc2VuZGVycxgMIAMoCzIVLnNtcy52MS5TZW5kZXJCYWNrbG9nIo8BCg1TZW5kZXJCYWNrbG9nEg4KBnNlbmRlchgBIAEoCRIQCghtZXNzYWdlcxgCIAEoAxIQCghzZWdtZW50cxgDIAEoAxIbChNzZWdtZW50c19wZXJfc2Vjb25kGAQgASgBEi0KCmRyYWluX3RpbWUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iewoVU3luY0Zyb21Ud2lsaW9SZXF1ZXN0EjQKCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQECEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKwAgoWU3luY0Zyb21Ud2lsaW9SZXNwb25zZRIPCgdzY2FubmVkGAEgASgFEg8KB2NyZWF0ZWQYAiABKAUSDwoHdXBkYXRlZBgDIAEoBRIQCghjb21wbGV0ZRgEIAEoCBI+CgtzdG9wX3JlYXNvbhgFIAEoDjIpLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlLlN0b3BSZWFzb24SMAoMcmVhY2hlZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJfCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU1RPUF9SRUFTT05fUEFHRV9MSU1JVBABEhgKFFNUT1BfUkVBU09OX0RFQURMSU5FEAIihAEKGVVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSMAoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbkIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQIiSAoaVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USKgoMY29udmVyc2F0aW9uGAEgASgLMhQuc21zLnYxLkNvbnZlcnNhdGlvbiJMChlBc3NpZ25Db252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAhIQCghhc3NpZ25lZRgCIAEoCSJIChpBc3NpZ25Db252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFVNlYXJjaE1lc3NhZ2VzUmVxdWVzdBITCgVxdWVyeRgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJaCgpNZXNzYWdlSGl0EiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZRIqCgxjb252ZXJzYXRpb24YAiABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIlMKFlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USIAoEaGl0cxgBIAMoCzISLnNtcy52MS5NZXNzYWdlSGl0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJXCg5BZGROb3RlUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEgoEYm9keRgCIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAMgASgJIjMKD0FkZE5vdGVSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2UiGAoWR2V0SW5ib3hTdW1tYXJ5UmVxdWVzdCJLChdHZXRJbmJveFN1bW1hcnlSZXNwb25zZRIMCgRtaW5lGAEgASgFEg4KBnVucmVhZBgCIAEoBRISCgp1bmFzc2lnbmVkGAMgASgFIjAKFENhbmNlbE1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQIiOQoVQ2FuY2VsTWVzc2FnZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZSJDChNSZXRyeU1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQISEgoKcmVxdWVzdF9pZBgCIAEoCSJLChRSZXRyeU1lc3NhZ2VSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIkEKFUNyZWF0ZVRlbXBsYXRlUmVxdWVzdBIoCgh0ZW1wbGF0ZRgBIAEoCzIQLnNtcy52MS5UZW1wbGF0ZUIE4kEBAiI8ChZDcmVhdGVUZW1wbGF0ZVJlc3BvbnNlEiIKCHRlbXBsYXRlGAEgASgLMhAuc21zLnYxLlRlbXBsYXRlIkwKFExpc3RUZW1wbGF0ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBXF1ZXJ5GAMgASgJIlUKFUxpc3RUZW1wbGF0ZXNSZXNwb25zZRIjCgl0ZW1wbGF0ZXMYASADKAsyEC5zbXMudjEuVGVtcGxhdGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIngKFVVwZGF0ZVRlbXBsYXRlUmVxdWVzdBIoCgh0ZW1wbGF0ZRgBIAEoCzIQLnNtcy52MS5UZW1wbGF0ZUIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQIiPAoWVXBkYXRlVGVtcGxhdGVSZXNwb25zZRIiCgh0ZW1wbGF0ZRgBIAEoCzIQLnNtcy52MS5UZW1wbGF0ZSIyChVEZWxldGVUZW1wbGF0ZVJlcXVlc3QSGQoLdGVtcGxhdGVfaWQYASABKAlCBOJBAQIiGAoWRGVsZXRlVGVtcGxhdGVSZXNwb25zZTK4DAoKU21zU2VydmljZRIxCgRTZW5kEhMuc21zLnYxLlNlbmRSZXF1ZXN0GhQuc21zLnYxLlNlbmRSZXNwb25zZRJDCgpHZXRNZXNzYWdlEhkuc21zLnYxLkdldE1lc3NhZ2VSZXF1ZXN0Ghouc21zLnYxLkdldE1lc3NhZ2VSZXNwb25zZRJSCg9HZXRDb252ZXJzYXRpb24SHi5zbXMudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBofLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJYChFMaXN0Q29udmVyc2F0aW9ucxIgLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaIS5zbXMudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJJCgxMaXN0TWVzc2FnZXMSGy5zbXMudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBocLnNtcy52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJhChRNYXJrQ29udmVyc2F0aW9uUmVhZBIjLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlcXVlc3QaJC5zbXMudjEuTWFya0NvbnZlcnNhdGlvblJlYWRSZXNwb25zZRJCCglTdWJzY3JpYmUSGC5zbXMudjEuU3Vic2NyaWJlUmVxdWVzdBoZLnNtcy52MS5TdWJzY3JpYmVSZXNwb25zZTABEkwKDUdldFF1ZXVlU3RhdHMSHC5zbXMudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHS5zbXMudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEk8KDlN5bmNGcm9tVHdpbGlvEh0uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVxdWVzdBoeLnNtcy52MS5TeW5jRnJvbVR3aWxpb1Jlc3BvbnNlElsKElVwZGF0ZUNvbnZlcnNhdGlvbhIhLnNtcy52MS5VcGRhdGVDb252ZXJzYXRpb25SZXF1ZXN0GiIuc21zLnYxLlVwZGF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlElsKEkFzc2lnbkNvbnZlcnNhdGlvbhIhLnNtcy52MS5Bc3NpZ25Db252ZXJzYXRpb25SZXF1ZXN0GiIuc21zLnYxLkFzc2lnbkNvbnZlcnNhdGlvblJlc3BvbnNlEk8KDlNlYXJjaE1lc3NhZ2VzEh0uc21zLnYxLlNlYXJjaE1lc3NhZ2VzUmVxdWVzdBoeLnNtcy52MS5TZWFyY2hNZXNzYWdlc1Jlc3BvbnNlEjoKB0FkZE5vdGUSFi5zbXMudjEuQWRkTm90ZVJlcXVlc3QaFy5zbXMudjEuQWRkTm90ZVJlc3BvbnNlElIKD0dldEluYm94U3VtbWFyeRIeLnNtcy52MS5HZXRJbmJveFN1bW1hcnlSZXF1ZXN0Gh8uc21zLnYxLkdldEluYm94U3VtbWFyeVJlc3BvbnNlEkwKDUNhbmNlbE1lc3NhZ2USHC5zbXMudjEuQ2FuY2VsTWVzc2FnZVJlcXVlc3QaHS5zbXMudjEuQ2FuY2VsTWVzc2FnZVJlc3BvbnNlEkkKDFJldHJ5TWVzc2FnZRIbLnNtcy52MS5SZXRyeU1lc3NhZ2VSZXF1ZXN0Ghwuc21zLnYxLlJldHJ5TWVzc2FnZVJlc3BvbnNlEk8KDkNyZWF0ZVRlbXBsYXRlEh0uc21zLnYxLkNyZWF0ZVRlbXBsYXRlUmVxdWVzdBoeLnNtcy52MS5DcmVhdGVUZW1wbGF0ZVJlc3BvbnNlEkwKDUxpc3RUZW1wbGF0ZXMSHC5zbXMudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaHS5zbXMudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlEk8KDlVwZGF0ZVRlbXBsYXRlEh0uc21zLnYxLlVwZGF0ZVRlbXBsYXRlUmVxdWVzdBoeLnNtcy52MS5VcGRhdGVUZW1wbGF0ZVJlc3BvbnNlEk8KDkRlbGV0ZVRlbXBsYXRlEh0uc21zLnYxLkRlbGV0ZVRlbXBsYXRlUmVxdWVzdBoeLnNtcy52MS5EZWxldGVUZW1wbGF0ZVJlc3BvbnNlYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_sms_v1_types]);
+  fileDesc("ChBzbXMvdjEvc21zLnByb3RvEgZzbXMudjEisgEKC1NlbmRSZXF1ZXN0EhAKAnRvGAEgASgJQgTiQQECEgwKBGJvZHkYAiABKAkSEgoKbWVkaWFfdXJscxgDIAMoCRISCgpjb250YWN0X2lkGAQgASgJEhIKCnJlcXVlc3RfaWQYBSABKAkSKwoHc2VuZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSaWdub3JlX3F1aWV0X2hvdXJzGAcgASgIIkMKDFNlbmRSZXNwb25zZRIgCgdtZXNzYWdlGAEgASgLMg8uc21zLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIi0KEUdldE1lc3NhZ2VSZXF1ZXN0EhgKCm1lc3NhZ2VfaWQYASABKAlCBOJBAQIiNgoSR2V0TWVzc2FnZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZSI3ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJFChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uImAKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSDQoFcXVlcnkYBCABKAkiYQoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIrCg1jb252ZXJzYXRpb25zGAEgAygLMhQuc21zLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIdCg9jb252ZXJzYXRpb25faWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USIQoIbWVzc2FnZXMYASADKAsyDy5zbXMudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPAobTWFya0NvbnZlcnNhdGlvblJlYWRSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAiJKChxNYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iVQoQU3Vic2NyaWJlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhIKCmFsbF9vd25lcnMYAyABKAgiTAoJSGVhcnRiZWF0EhUKDWxhc3RfZXZlbnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoOUmVzeW5jUmVxdWlyZWQSDgoGcmVhc29uGAEgASgJEhUKDWxhc3RfZXZlbnRfaWQYAiABKAkimgEKEVN1YnNjcmliZVJlc3BvbnNlEh4KBWV2ZW50GAEgASgLMg0uc21zLnYxLkV2ZW50SAASJgoJaGVhcnRiZWF0GAIgASgLMhEuc21zLnYxLkhlYXJ0YmVhdEgAEjEKD3Jlc3luY19yZXF1aXJlZBgDIAEoCzIWLnNtcy52MS5SZXN5bmNSZXF1aXJlZEgAQgoKCHJlc3BvbnNlIhYKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0ItACChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDgoGcXVldWVkGAEgASgDEhMKC2luX3Byb2dyZXNzGAIgASgDEhAKCHJldHJ5aW5nGAMgASgDEhgKEGZhaWxlZF9sYXN0X2hvdXIYBCABKAMSGAoQc2VudF9sYXN0X21pbnV0ZRgFIAEoAxIWCg5zZW50X2xhc3RfaG91chgGIAEoAxI0ChFvbGRlc3RfcXVldWVkX2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxxdWV1ZV9sZW5ndGgYCCABKAMSFgoOd29ya2VyX2hlYWx0aHkYCSABKAgSFQoNd29ya2VyX2hlYWx0aBgKIAEoCRIRCglzY2hlZHVsZWQYCyABKAMSJgoHc2VuZGVycxgMIAMoCzIVLnNtcy52MS5TZW5kZXJCYWNrbG9nIo8BCg1TZW5kZXJCYWNrbG9nEg4KBnNlbmRlchgBIAEoCRIQCghtZXNzYWdlcxgCIAEoAxIQCghzZWdtZW50cxgDIAEoAxIbChNzZWdtZW50c19wZXJfc2Vjb25kGAQgASgBEi0KCmRyYWluX3RpbWUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ibwoXR2V0RGVsaXZlcnlTdGF0c1JlcXVlc3QSKQoGd2luZG93GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEikKBmJ1Y2tldBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKMAgoORGVsaXZlcnlCdWNrZXQSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcXVldWVkGAIgASgDEgwKBHNlbnQYAyABKAMSEQoJZGVsaXZlcmVkGAQgASgDEhMKC3VuZGVsaXZlcmVkGAUgASgDEg4KBmZhaWxlZBgGIAEoAxIQCghjYW5jZWxlZBgHIAEoAxIwCg1kZWxpdmVyZWRfcDUwGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDWRlbGl2ZXJlZF9wOTUYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQgoORXJyb3JDb2RlQ291bnQSDAoEY29kZRgBIAEoBRITCgtkZXNjcmlwdGlvbhgCIAEoCRINCgVjb3VudBgDIAEoAyLWAgoYR2V0RGVsaXZlcnlTdGF0c1Jlc3BvbnNlEicKB2J1Y2tldHMYASADKAsyFi5zbXMudjEuRGVsaXZlcnlCdWNrZXQSMAoNZGVsaXZlcmVkX3A1MBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1kZWxpdmVyZWRfcDk1GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKCnRvcF9lcnJvcnMYBCADKAsyFi5zbXMudjEuRXJyb3JDb2RlQ291bnQSJgoHc2VuZGVycxgFIAMoCzIVLnNtcy52MS5TZW5kZXJCYWNrbG9nEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBmJ1Y2tldBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ7ChVTeW5jRnJvbVR3aWxpb1JlcXVlc3QSNAoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQISLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrACChZTeW5jRnJvbVR3aWxpb1Jlc3BvbnNlEg8KB3NjYW5uZWQYASABKAUSDwoHY3JlYXRlZBgCIAEoBRIPCgd1cGRhdGVkGAMgASgFEhAKCGNvbXBsZXRlGAQgASgIEj4KC3N0b3BfcmVhc29uGAUgASgOMikuc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVzcG9uc2UuU3RvcFJlYXNvbhIwCgxyZWFjaGVkX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KClN0b3BSZWFzb24SGwoXU1RPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTVE9QX1JFQVNPTl9QQUdFX0xJTUlUEAESGAoUU1RPUF9SRUFTT05fREVBRExJTkUQAiKEAQoZVXBkYXRlQ29udmVyc2F0aW9uUmVxdWVzdBIwCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uQgTiQQECEjUKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IE4kEBAiJIChpVcGRhdGVDb252ZXJzYXRpb25SZXNwb25zZRIqCgxjb252ZXJzYXRpb24YASABKAsyFC5zbXMudjEuQ29udmVyc2F0aW9uIkwKGUFzc2lnbkNvbnZlcnNhdGlvblJlcXVlc3QSHQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgTiQQECEhAKCGFzc2lnbmVlGAIgASgJIkgKGkFzc2lnbkNvbnZlcnNhdGlvblJlc3BvbnNlEioKDGNvbnZlcnNhdGlvbhgBIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iUwoVU2VhcmNoTWVzc2FnZXNSZXF1ZXN0EhMKBXF1ZXJ5GAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIloKCk1lc3NhZ2VIaXQSIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlEioKDGNvbnZlcnNhdGlvbhgCIAEoCzIULnNtcy52MS5Db252ZXJzYXRpb24iUwoWU2VhcmNoTWVzc2FnZXNSZXNwb25zZRIgCgRoaXRzGAEgAygLMhIuc21zLnYxLk1lc3NhZ2VIaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlcKDkFkZE5vdGVSZXF1ZXN0Eh0KD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIE4kEBAhISCgRib2R5GAIgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYAyABKAkiMwoPQWRkTm90ZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZSIYChZHZXRJbmJveFN1bW1hcnlSZXF1ZXN0IksKF0dldEluYm94U3VtbWFyeVJlc3BvbnNlEgwKBG1pbmUYASABKAUSDgoGdW5yZWFkGAIgASgFEhIKCnVuYXNzaWduZWQYAyABKAUiMAoUQ2FuY2VsTWVzc2FnZVJlcXVlc3QSGAoKbWVzc2FnZV9pZBgBIAEoCUIE4kEBAiI5ChVDYW5jZWxNZXNzYWdlUmVzcG9uc2USIAoHbWVzc2FnZRgBIAEoCzIPLnNtcy52MS5NZXNzYWdlIkMKE1JldHJ5TWVzc2FnZVJlcXVlc3QSGAoKbWVzc2FnZV9pZBgBIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAIgASgJIksKFFJldHJ5TWVzc2FnZVJlc3BvbnNlEiAKB21lc3NhZ2UYASABKAsyDy5zbXMudjEuTWVzc2FnZRIRCglkdXBsaWNhdGUYAiABKAgiQQoVQ3JlYXRlVGVtcGxhdGVSZXF1ZXN0EigKCHRlbXBsYXRlGAEgASgLMhAuc21zLnYxLlRlbXBsYXRlQgTiQQECIjwKFkNyZWF0ZVRlbXBsYXRlUmVzcG9uc2USIgoIdGVtcGxhdGUYASABKAsyEC5zbXMudjEuVGVtcGxhdGUiTAoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDQoFcXVlcnkYAyABKAkiVQoVTGlzdFRlbXBsYXRlc1Jlc3BvbnNlEiMKCXRlbXBsYXRlcxgBIAMoCzIQLnNtcy52MS5UZW1wbGF0ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkieAoVVXBkYXRlVGVtcGxhdGVSZXF1ZXN0EigKCHRlbXBsYXRlGAEgASgLMhAuc21zLnYxLlRlbXBsYXRlQgTiQQECEjUKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IE4kEBAiI8ChZVcGRhdGVUZW1wbGF0ZVJlc3BvbnNlEiIKCHRlbXBsYXRlGAEgASgLMhAuc21zLnYxLlRlbXBsYXRlIjIKFURlbGV0ZVRlbXBsYXRlUmVxdWVzdBIZCgt0ZW1wbGF0ZV9pZBgBIAEoCUIE4kEBAiIYChZEZWxldGVUZW1wbGF0ZVJlc3BvbnNlMo8NCgpTbXNTZXJ2aWNlEjEKBFNlbmQSEy5zbXMudjEuU2VuZFJlcXVlc3QaFC5zbXMudjEuU2VuZFJlc3BvbnNlEkMKCkdldE1lc3NhZ2USGS5zbXMudjEuR2V0TWVzc2FnZVJlcXVlc3QaGi5zbXMudjEuR2V0TWVzc2FnZVJlc3BvbnNlElIKD0dldENvbnZlcnNhdGlvbhIeLnNtcy52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0Gh8uc21zLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlElgKEUxpc3RDb252ZXJzYXRpb25zEiAuc21zLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBohLnNtcy52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEkkKDExpc3RNZXNzYWdlcxIbLnNtcy52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0Ghwuc21zLnYxLkxpc3RNZXNzYWdlc1Jlc3BvbnNlEmEKFE1hcmtDb252ZXJzYXRpb25SZWFkEiMuc21zLnYxLk1hcmtDb252ZXJzYXRpb25SZWFkUmVxdWVzdBokLnNtcy52MS5NYXJrQ29udmVyc2F0aW9uUmVhZFJlc3BvbnNlEkIKCVN1YnNjcmliZRIYLnNtcy52MS5TdWJzY3JpYmVSZXF1ZXN0Ghkuc21zLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESTAoNR2V0UXVldWVTdGF0cxIcLnNtcy52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBodLnNtcy52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USVQoQR2V0RGVsaXZlcnlTdGF0cxIfLnNtcy52MS5HZXREZWxpdmVyeVN0YXRzUmVxdWVzdBogLnNtcy52MS5HZXREZWxpdmVyeVN0YXRzUmVzcG9uc2USTwoOU3luY0Zyb21Ud2lsaW8SHS5zbXMudjEuU3luY0Zyb21Ud2lsaW9SZXF1ZXN0Gh4uc21zLnYxLlN5bmNGcm9tVHdpbGlvUmVzcG9uc2USWwoSVXBkYXRlQ29udmVyc2F0aW9uEiEuc21zLnYxLlVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QaIi5zbXMudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USWwoSQXNzaWduQ29udmVyc2F0aW9uEiEuc21zLnYxLkFzc2lnbkNvbnZlcnNhdGlvblJlcXVlc3QaIi5zbXMudjEuQXNzaWduQ29udmVyc2F0aW9uUmVzcG9uc2USTwoOU2VhcmNoTWVzc2FnZXMSHS5zbXMudjEuU2VhcmNoTWVzc2FnZXNSZXF1ZXN0Gh4uc21zLnYxLlNlYXJjaE1lc3NhZ2VzUmVzcG9uc2USOgoHQWRkTm90ZRIWLnNtcy52MS5BZGROb3RlUmVxdWVzdBoXLnNtcy52MS5BZGROb3RlUmVzcG9uc2USUgoPR2V0SW5ib3hTdW1tYXJ5Eh4uc21zLnYxLkdldEluYm94U3VtbWFyeVJlcXVlc3QaHy5zbXMudjEuR2V0SW5ib3hTdW1tYXJ5UmVzcG9uc2USTAoNQ2FuY2VsTWVzc2FnZRIcLnNtcy52MS5DYW5jZWxNZXNzYWdlUmVxdWVzdBodLnNtcy52MS5DYW5jZWxNZXNzYWdlUmVzcG9uc2USSQoMUmV0cnlNZXNzYWdlEhsuc21zLnYxLlJldHJ5TWVzc2FnZVJlcXVlc3QaHC5zbXMudjEuUmV0cnlNZXNzYWdlUmVzcG9uc2USTwoOQ3JlYXRlVGVtcGxhdGUSHS5zbXMudjEuQ3JlYXRlVGVtcGxhdGVSZXF1ZXN0Gh4uc21zLnYxLkNyZWF0ZVRlbXBsYXRlUmVzcG9uc2USTAoNTGlzdFRlbXBsYXRlcxIcLnNtcy52MS5MaXN0VGVtcGxhdGVzUmVxdWVzdBodLnNtcy52MS5MaXN0VGVtcGxhdGVzUmVzcG9uc2USTwoOVXBkYXRlVGVtcGxhdGUSHS5zbXMudjEuVXBkYXRlVGVtcGxhdGVSZXF1ZXN0Gh4uc21zLnYxLlVwZGF0ZVRlbXBsYXRlUmVzcG9uc2USTwoORGVsZXRlVGVtcGxhdGUSHS5zbXMudjEuRGVsZXRlVGVtcGxhdGVSZXF1ZXN0Gh4uc21zLnYxLkRlbGV0ZVRlbXBsYXRlUmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_sms_v1_types]);
 
 /**
  * @generated from message sms.v1.SendRequest
@@ -606,6 +606,189 @@ export const SenderBacklogSchema: GenMessage<SenderBacklog> = /*@__PURE__*/
   messageDesc(file_sms_v1_sms, 18);
 
 /**
+ * @generated from message sms.v1.GetDeliveryStatsRequest
+ */
+export type GetDeliveryStatsRequest = Message<"sms.v1.GetDeliveryStatsRequest"> & {
+  /**
+   * How far back from now: default 24 hours; from 1 minute to 35 days (INVALID_ARGUMENT beyond).
+   *
+   * @generated from field: google.protobuf.Duration window = 1;
+   */
+  window?: Duration | undefined;
+
+  /**
+   * The width of one bucket: default window / 24 rounded to whole minutes (at least 1 minute); a whole number of
+   * minutes, and at most 1,440 buckets in the window (INVALID_ARGUMENT otherwise). Buckets of an hour or more
+   * are whole hours.
+   *
+   * @generated from field: google.protobuf.Duration bucket = 2;
+   */
+  bucket?: Duration | undefined;
+};
+
+/**
+ * Describes the message sms.v1.GetDeliveryStatsRequest.
+ * Use `create(GetDeliveryStatsRequestSchema)` to create a new message.
+ */
+export const GetDeliveryStatsRequestSchema: GenMessage<GetDeliveryStatsRequest> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 19);
+
+/**
+ * The counts of one time bucket: what happened to outbound messages in it.
+ *
+ * @generated from message sms.v1.DeliveryBucket
+ */
+export type DeliveryBucket = Message<"sms.v1.DeliveryBucket"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Outbound messages accepted by Send (or RetryMessage) in the bucket.
+   *
+   * @generated from field: int64 queued = 2;
+   */
+  queued: bigint;
+
+  /**
+   * Status changes recorded in the bucket, each message counted once per status.
+   *
+   * @generated from field: int64 sent = 3;
+   */
+  sent: bigint;
+
+  /**
+   * @generated from field: int64 delivered = 4;
+   */
+  delivered: bigint;
+
+  /**
+   * @generated from field: int64 undelivered = 5;
+   */
+  undelivered: bigint;
+
+  /**
+   * @generated from field: int64 failed = 6;
+   */
+  failed: bigint;
+
+  /**
+   * @generated from field: int64 canceled = 7;
+   */
+  canceled: bigint;
+
+  /**
+   * Time from Send to delivered of the messages delivered in the bucket; zero when none was.
+   *
+   * @generated from field: google.protobuf.Duration delivered_p50 = 8;
+   */
+  deliveredP50?: Duration | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration delivered_p95 = 9;
+   */
+  deliveredP95?: Duration | undefined;
+};
+
+/**
+ * Describes the message sms.v1.DeliveryBucket.
+ * Use `create(DeliveryBucketSchema)` to create a new message.
+ */
+export const DeliveryBucketSchema: GenMessage<DeliveryBucket> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 20);
+
+/**
+ * How often an error code was recorded in the window.
+ *
+ * @generated from message sms.v1.ErrorCodeCount
+ */
+export type ErrorCodeCount = Message<"sms.v1.ErrorCodeCount"> & {
+  /**
+   * Twilio's error code.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * Twilio's short description of the code, from a table shipped with the server; empty for an unknown code.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * @generated from field: int64 count = 3;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message sms.v1.ErrorCodeCount.
+ * Use `create(ErrorCodeCountSchema)` to create a new message.
+ */
+export const ErrorCodeCountSchema: GenMessage<ErrorCodeCount> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 21);
+
+/**
+ * @generated from message sms.v1.GetDeliveryStatsResponse
+ */
+export type GetDeliveryStatsResponse = Message<"sms.v1.GetDeliveryStatsResponse"> & {
+  /**
+   * Oldest first; every bucket of the window, empty ones included.
+   *
+   * @generated from field: repeated sms.v1.DeliveryBucket buckets = 1;
+   */
+  buckets: DeliveryBucket[];
+
+  /**
+   * The window's time from Send to delivered (an estimate within one histogram bucket, about 20%).
+   *
+   * @generated from field: google.protobuf.Duration delivered_p50 = 2;
+   */
+  deliveredP50?: Duration | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration delivered_p95 = 3;
+   */
+  deliveredP95?: Duration | undefined;
+
+  /**
+   * The most frequent error codes of failed and undelivered messages in the window, at most 10, most first.
+   *
+   * @generated from field: repeated sms.v1.ErrorCodeCount top_errors = 4;
+   */
+  topErrors: ErrorCodeCount[];
+
+  /**
+   * Each sender's backlog, as in GetQueueStatsResponse.
+   *
+   * @generated from field: repeated sms.v1.SenderBacklog senders = 5;
+   */
+  senders: SenderBacklog[];
+
+  /**
+   * The window's start and the bucket width used.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 6;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration bucket = 7;
+   */
+  bucket?: Duration | undefined;
+};
+
+/**
+ * Describes the message sms.v1.GetDeliveryStatsResponse.
+ * Use `create(GetDeliveryStatsResponseSchema)` to create a new message.
+ */
+export const GetDeliveryStatsResponseSchema: GenMessage<GetDeliveryStatsResponse> = /*@__PURE__*/
+  messageDesc(file_sms_v1_sms, 22);
+
+/**
  * @generated from message sms.v1.SyncFromTwilioRequest
  */
 export type SyncFromTwilioRequest = Message<"sms.v1.SyncFromTwilioRequest"> & {
@@ -629,7 +812,7 @@ export type SyncFromTwilioRequest = Message<"sms.v1.SyncFromTwilioRequest"> & {
  * Use `create(SyncFromTwilioRequestSchema)` to create a new message.
  */
 export const SyncFromTwilioRequestSchema: GenMessage<SyncFromTwilioRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 19);
+  messageDesc(file_sms_v1_sms, 23);
 
 /**
  * @generated from message sms.v1.SyncFromTwilioResponse
@@ -679,7 +862,7 @@ export type SyncFromTwilioResponse = Message<"sms.v1.SyncFromTwilioResponse"> & 
  * Use `create(SyncFromTwilioResponseSchema)` to create a new message.
  */
 export const SyncFromTwilioResponseSchema: GenMessage<SyncFromTwilioResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 20);
+  messageDesc(file_sms_v1_sms, 24);
 
 /**
  * Why a sync stopped before reading its whole window.
@@ -711,7 +894,7 @@ export enum SyncFromTwilioResponse_StopReason {
  * Describes the enum sms.v1.SyncFromTwilioResponse.StopReason.
  */
 export const SyncFromTwilioResponse_StopReasonSchema: GenEnum<SyncFromTwilioResponse_StopReason> = /*@__PURE__*/
-  enumDesc(file_sms_v1_sms, 20, 0);
+  enumDesc(file_sms_v1_sms, 24, 0);
 
 /**
  * @generated from message sms.v1.UpdateConversationRequest
@@ -742,7 +925,7 @@ export type UpdateConversationRequest = Message<"sms.v1.UpdateConversationReques
  * Use `create(UpdateConversationRequestSchema)` to create a new message.
  */
 export const UpdateConversationRequestSchema: GenMessage<UpdateConversationRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 21);
+  messageDesc(file_sms_v1_sms, 25);
 
 /**
  * @generated from message sms.v1.UpdateConversationResponse
@@ -759,7 +942,7 @@ export type UpdateConversationResponse = Message<"sms.v1.UpdateConversationRespo
  * Use `create(UpdateConversationResponseSchema)` to create a new message.
  */
 export const UpdateConversationResponseSchema: GenMessage<UpdateConversationResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 22);
+  messageDesc(file_sms_v1_sms, 26);
 
 /**
  * @generated from message sms.v1.AssignConversationRequest
@@ -788,7 +971,7 @@ export type AssignConversationRequest = Message<"sms.v1.AssignConversationReques
  * Use `create(AssignConversationRequestSchema)` to create a new message.
  */
 export const AssignConversationRequestSchema: GenMessage<AssignConversationRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 23);
+  messageDesc(file_sms_v1_sms, 27);
 
 /**
  * @generated from message sms.v1.AssignConversationResponse
@@ -805,7 +988,7 @@ export type AssignConversationResponse = Message<"sms.v1.AssignConversationRespo
  * Use `create(AssignConversationResponseSchema)` to create a new message.
  */
 export const AssignConversationResponseSchema: GenMessage<AssignConversationResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 24);
+  messageDesc(file_sms_v1_sms, 28);
 
 /**
  * @generated from message sms.v1.SearchMessagesRequest
@@ -832,7 +1015,7 @@ export type SearchMessagesRequest = Message<"sms.v1.SearchMessagesRequest"> & {
  * Use `create(SearchMessagesRequestSchema)` to create a new message.
  */
 export const SearchMessagesRequestSchema: GenMessage<SearchMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 25);
+  messageDesc(file_sms_v1_sms, 29);
 
 /**
  * A message that matched, with its conversation.
@@ -856,7 +1039,7 @@ export type MessageHit = Message<"sms.v1.MessageHit"> & {
  * Use `create(MessageHitSchema)` to create a new message.
  */
 export const MessageHitSchema: GenMessage<MessageHit> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 26);
+  messageDesc(file_sms_v1_sms, 30);
 
 /**
  * @generated from message sms.v1.SearchMessagesResponse
@@ -878,7 +1061,7 @@ export type SearchMessagesResponse = Message<"sms.v1.SearchMessagesResponse"> & 
  * Use `create(SearchMessagesResponseSchema)` to create a new message.
  */
 export const SearchMessagesResponseSchema: GenMessage<SearchMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 27);
+  messageDesc(file_sms_v1_sms, 31);
 
 /**
  * @generated from message sms.v1.AddNoteRequest
@@ -912,7 +1095,7 @@ export type AddNoteRequest = Message<"sms.v1.AddNoteRequest"> & {
  * Use `create(AddNoteRequestSchema)` to create a new message.
  */
 export const AddNoteRequestSchema: GenMessage<AddNoteRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 28);
+  messageDesc(file_sms_v1_sms, 32);
 
 /**
  * @generated from message sms.v1.AddNoteResponse
@@ -929,7 +1112,7 @@ export type AddNoteResponse = Message<"sms.v1.AddNoteResponse"> & {
  * Use `create(AddNoteResponseSchema)` to create a new message.
  */
 export const AddNoteResponseSchema: GenMessage<AddNoteResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 29);
+  messageDesc(file_sms_v1_sms, 33);
 
 /**
  * @generated from message sms.v1.GetInboxSummaryRequest
@@ -942,7 +1125,7 @@ export type GetInboxSummaryRequest = Message<"sms.v1.GetInboxSummaryRequest"> & 
  * Use `create(GetInboxSummaryRequestSchema)` to create a new message.
  */
 export const GetInboxSummaryRequestSchema: GenMessage<GetInboxSummaryRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 30);
+  messageDesc(file_sms_v1_sms, 34);
 
 /**
  * @generated from message sms.v1.GetInboxSummaryResponse
@@ -975,7 +1158,7 @@ export type GetInboxSummaryResponse = Message<"sms.v1.GetInboxSummaryResponse"> 
  * Use `create(GetInboxSummaryResponseSchema)` to create a new message.
  */
 export const GetInboxSummaryResponseSchema: GenMessage<GetInboxSummaryResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 31);
+  messageDesc(file_sms_v1_sms, 35);
 
 /**
  * @generated from message sms.v1.CancelMessageRequest
@@ -994,7 +1177,7 @@ export type CancelMessageRequest = Message<"sms.v1.CancelMessageRequest"> & {
  * Use `create(CancelMessageRequestSchema)` to create a new message.
  */
 export const CancelMessageRequestSchema: GenMessage<CancelMessageRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 32);
+  messageDesc(file_sms_v1_sms, 36);
 
 /**
  * @generated from message sms.v1.CancelMessageResponse
@@ -1011,7 +1194,7 @@ export type CancelMessageResponse = Message<"sms.v1.CancelMessageResponse"> & {
  * Use `create(CancelMessageResponseSchema)` to create a new message.
  */
 export const CancelMessageResponseSchema: GenMessage<CancelMessageResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 33);
+  messageDesc(file_sms_v1_sms, 37);
 
 /**
  * @generated from message sms.v1.RetryMessageRequest
@@ -1037,7 +1220,7 @@ export type RetryMessageRequest = Message<"sms.v1.RetryMessageRequest"> & {
  * Use `create(RetryMessageRequestSchema)` to create a new message.
  */
 export const RetryMessageRequestSchema: GenMessage<RetryMessageRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 34);
+  messageDesc(file_sms_v1_sms, 38);
 
 /**
  * @generated from message sms.v1.RetryMessageResponse
@@ -1063,7 +1246,7 @@ export type RetryMessageResponse = Message<"sms.v1.RetryMessageResponse"> & {
  * Use `create(RetryMessageResponseSchema)` to create a new message.
  */
 export const RetryMessageResponseSchema: GenMessage<RetryMessageResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 35);
+  messageDesc(file_sms_v1_sms, 39);
 
 /**
  * @generated from message sms.v1.CreateTemplateRequest
@@ -1083,7 +1266,7 @@ export type CreateTemplateRequest = Message<"sms.v1.CreateTemplateRequest"> & {
  * Use `create(CreateTemplateRequestSchema)` to create a new message.
  */
 export const CreateTemplateRequestSchema: GenMessage<CreateTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 36);
+  messageDesc(file_sms_v1_sms, 40);
 
 /**
  * @generated from message sms.v1.CreateTemplateResponse
@@ -1100,7 +1283,7 @@ export type CreateTemplateResponse = Message<"sms.v1.CreateTemplateResponse"> & 
  * Use `create(CreateTemplateResponseSchema)` to create a new message.
  */
 export const CreateTemplateResponseSchema: GenMessage<CreateTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 37);
+  messageDesc(file_sms_v1_sms, 41);
 
 /**
  * @generated from message sms.v1.ListTemplatesRequest
@@ -1133,7 +1316,7 @@ export type ListTemplatesRequest = Message<"sms.v1.ListTemplatesRequest"> & {
  * Use `create(ListTemplatesRequestSchema)` to create a new message.
  */
 export const ListTemplatesRequestSchema: GenMessage<ListTemplatesRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 38);
+  messageDesc(file_sms_v1_sms, 42);
 
 /**
  * @generated from message sms.v1.ListTemplatesResponse
@@ -1155,7 +1338,7 @@ export type ListTemplatesResponse = Message<"sms.v1.ListTemplatesResponse"> & {
  * Use `create(ListTemplatesResponseSchema)` to create a new message.
  */
 export const ListTemplatesResponseSchema: GenMessage<ListTemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 39);
+  messageDesc(file_sms_v1_sms, 43);
 
 /**
  * @generated from message sms.v1.UpdateTemplateRequest
@@ -1181,7 +1364,7 @@ export type UpdateTemplateRequest = Message<"sms.v1.UpdateTemplateRequest"> & {
  * Use `create(UpdateTemplateRequestSchema)` to create a new message.
  */
 export const UpdateTemplateRequestSchema: GenMessage<UpdateTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 40);
+  messageDesc(file_sms_v1_sms, 44);
 
 /**
  * @generated from message sms.v1.UpdateTemplateResponse
@@ -1198,7 +1381,7 @@ export type UpdateTemplateResponse = Message<"sms.v1.UpdateTemplateResponse"> & 
  * Use `create(UpdateTemplateResponseSchema)` to create a new message.
  */
 export const UpdateTemplateResponseSchema: GenMessage<UpdateTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 41);
+  messageDesc(file_sms_v1_sms, 45);
 
 /**
  * @generated from message sms.v1.DeleteTemplateRequest
@@ -1217,7 +1400,7 @@ export type DeleteTemplateRequest = Message<"sms.v1.DeleteTemplateRequest"> & {
  * Use `create(DeleteTemplateRequestSchema)` to create a new message.
  */
 export const DeleteTemplateRequestSchema: GenMessage<DeleteTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 42);
+  messageDesc(file_sms_v1_sms, 46);
 
 /**
  * @generated from message sms.v1.DeleteTemplateResponse
@@ -1230,7 +1413,7 @@ export type DeleteTemplateResponse = Message<"sms.v1.DeleteTemplateResponse"> & 
  * Use `create(DeleteTemplateResponseSchema)` to create a new message.
  */
 export const DeleteTemplateResponseSchema: GenMessage<DeleteTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_sms_v1_sms, 43);
+  messageDesc(file_sms_v1_sms, 47);
 
 /**
  * The public API: agents, admins and internal services send and read SMS conversations.
@@ -1320,6 +1503,18 @@ export const SmsService: GenService<{
     methodKind: "unary";
     input: typeof GetQueueStatsRequestSchema;
     output: typeof GetQueueStatsResponseSchema;
+  },
+  /**
+   * Admin only: sends and outcomes per time bucket, time from Send to delivered, the top error codes and each
+   * sender's backlog, for the delivery dashboard. Read from counters kept as messages change: its cost does not
+   * grow with the number of messages stored.
+   *
+   * @generated from rpc sms.v1.SmsService.GetDeliveryStats
+   */
+  getDeliveryStats: {
+    methodKind: "unary";
+    input: typeof GetDeliveryStatsRequestSchema;
+    output: typeof GetDeliveryStatsResponseSchema;
   },
   /**
    * Admin only: pages through Twilio's message list for a window and upserts by sid.
