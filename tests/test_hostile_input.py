@@ -50,7 +50,9 @@ MAX_REQUEST_BYTES = 3_500_000
 FORBIDDEN = {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 # The server's RSS over its own at the start: at most this much while requests of megabytes are in flight (gRPC
 # and protobuf hold several copies of each), and at most the second once ordinary traffic has followed them.
-RSS_PEAK_MIB, RSS_AFTER_MIB = 160.0, 40.0
+# After: the allocator keeps arenas by how many large requests overlapped; with the calls of issues 12 and 13 in
+# the rounds it was measured at 24 to 54 MiB over the start across runs (2026-12-04), hence 64.
+RSS_PEAK_MIB, RSS_AFTER_MIB = 160.0, 64.0
 CALM_ROUNDS = 30
 SERVICE = auth("fuzz-bridge", "service")
 # The longest error text a refusal may carry: its wording and a short quote, never the input.
