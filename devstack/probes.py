@@ -6,15 +6,11 @@ import contextlib
 import socket
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
 
 from arq.constants import health_check_key_suffix
 
 from devstack.supervisor import HealthCheck
-from server.config import split_addr
-
-if TYPE_CHECKING:
-    import redis
+from server.config import Config, split_addr
 
 PROBE_TIMEOUT = 1.0
 
@@ -65,26 +61,24 @@ def grpc_check(target: str) -> HealthCheck:
     return check
 
 
-def _redis(url: str) -> redis.Redis:
-    # Imported late: the supervisor's other probes must not pay for (or depend on) the Redis client.
-    import redis
+def redis_check(url: str, key: str | None = None, cfg: Config | None = None) -> HealthCheck:
+    """Up when Redis answers PING (and, with `key`, when that key exists).
 
-    return redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT)
-
-
-def redis_check(url: str, key: str | None = None) -> HealthCheck:
-    """Up when Redis answers PING (and, with `key`, when that key exists)."""
+    `cfg`: the configured Redis (REDIS_URL's TLS settings, or its Sentinel), as the server and worker reach it;
+    without it, `url` as it is (a Redis the stack started itself).
+    """
 
     def check() -> bool:
+        # Imported late: the supervisor's other probes must not pay for (or depend on) the Redis client.
         import redis
 
-        client = _redis(url)
+        from server.connections import sync_redis
+
         try:
-            return bool(client.exists(key)) if key else bool(client.ping())
+            with sync_redis(cfg, url, PROBE_TIMEOUT) as client:
+                return bool(client.exists(key)) if key else bool(client.ping())
         except redis.RedisError:
             return False
-        finally:
-            client.close()
 
     return check
 
@@ -94,17 +88,15 @@ def worker_heartbeat_key(queue: str) -> str:
     return queue + health_check_key_suffix
 
 
-def worker_check(url: str, queue: str) -> HealthCheck:
-    """Up when the arq worker on `queue` has written its heartbeat key."""
-    return redis_check(url, worker_heartbeat_key(queue))
+def worker_check(url: str, queue: str, cfg: Config | None = None) -> HealthCheck:
+    """Up when the arq worker on `queue` has written its heartbeat key (`cfg`: as for redis_check)."""
+    return redis_check(url, worker_heartbeat_key(queue), cfg)
 
 
-def forget_worker_heartbeat(url: str, queue: str) -> None:
-    """Deletes a previous worker's heartbeat key, if Redis is reachable."""
+def forget_worker_heartbeat(url: str, queue: str, cfg: Config | None = None) -> None:
+    """Deletes a previous worker's heartbeat key, if Redis is reachable (`cfg`: as for redis_check)."""
+    from server.connections import sync_redis
+
     # The key outlives a worker by its TTL (and Valkey persists it): a leftover would look healthy.
-    with contextlib.suppress(Exception):
-        client = _redis(url)
-        try:
-            client.delete(worker_heartbeat_key(queue))
-        finally:
-            client.close()
+    with contextlib.suppress(Exception), sync_redis(cfg, url, PROBE_TIMEOUT) as client:
+        client.delete(worker_heartbeat_key(queue))

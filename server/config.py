@@ -15,6 +15,15 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names it."""
 
 
+# Echoed values are cut to this many characters: an error message never carries unbounded input.
+ECHO_MAX = 40
+
+
+def _clip(raw: str) -> str:
+    """`raw` for an error message: repr'd, and cut to ECHO_MAX characters."""
+    return repr(raw if len(raw) <= ECHO_MAX else raw[:ECHO_MAX] + "...")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -22,7 +31,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {_clip(raw)}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -35,7 +44,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a number, got {_clip(raw)}") from None
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
     return value
@@ -46,7 +55,7 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     if not raw:
         return default
     if raw not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {_clip(raw)}")
     return raw
 
 
@@ -68,7 +77,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    raise ConfigError(f"{name} must be true or false, got {_clip(raw)}")
 
 
 def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
@@ -78,7 +87,7 @@ def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tu
     try:
         values = tuple(float(part) for part in raw.split(","))
     except ValueError:
-        raise ConfigError(f"{name} must be comma-separated seconds, e.g. 2,4,8; got {raw!r}") from None
+        raise ConfigError(f"{name} must be comma-separated seconds, e.g. 2,4,8; got {_clip(raw)}") from None
     if any(v < 0 for v in values):
         raise ConfigError(f"{name} must not hold negative delays")
     return values
@@ -93,6 +102,95 @@ def _countries(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> t
     if codes != ("*",) and not all(len(c) == 2 and c.isalpha() for c in codes):
         raise ConfigError(f"{name} must be comma-separated two-letter country codes (e.g. US,CA) or *")
     return codes
+
+
+WTIMEOUT_MAX_MS = 2**31 - 1
+
+
+def _write_concern(env: Mapping[str, str], name: str) -> str | int | None:
+    """MongoDB's `w`: "majority" or a number of members (at least 1); None: the URI's or the server's default.
+
+    0 (unacknowledged) is refused: Send's idempotency and inbound dedupe rely on duplicate-key errors, which an
+    unacknowledged write never reports.
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw.lower() == "majority":
+        return "majority"
+    if not (raw.isascii() and raw.isdigit()):
+        raise ConfigError(f"{name} must be majority or a number of members (at least 1), got {_clip(raw)}")
+    if len(raw) > 3 or int(raw) < 1:
+        raise ConfigError(
+            f"{name} must be majority or a number of members from 1 to 999 (0, unacknowledged writes, would hide "
+            "the duplicate-key errors idempotency relies on)"
+        )
+    return int(raw)
+
+
+def _wtimeout(env: Mapping[str, str], name: str) -> int | None:
+    """MongoDB's `wtimeoutMS` (0: wait as long as it takes); None: the URI's or none. MongoDB takes a 32-bit int."""
+    if not env.get(name, "").strip():
+        return None
+    value = _int(env, name, 0)
+    if value > WTIMEOUT_MAX_MS:
+        raise ConfigError(f"{name} must be at most {WTIMEOUT_MAX_MS} (milliseconds)")
+    return value
+
+
+def _sentinels(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    """Redis Sentinel addresses: comma-separated host:port (IPv6 hosts bracketed)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    out: list[tuple[str, int]] = []
+    for part in raw.split(","):
+        part = part.strip()
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name} must be comma-separated host:port addresses, got {_clip(part)}")
+        out.append((host, int(port)))
+    return tuple(out)
+
+
+# REDIS_URL's schemes: plain, TLS, a Unix socket (not with Sentinel, which names hosts).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    """REDIS_URL, its scheme checked; the URL itself is never echoed (it may carry a password)."""
+    url = env.get("REDIS_URL") or None
+    if url is not None and url.partition("://")[0].lower() not in REDIS_SCHEMES:
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// (TLS) or unix://")
+    return url
+
+
+def _check_redis_engines(env: Mapping[str, str], cfg: Config) -> None:
+    """The Redis TLS and Sentinel settings against each other and REDIS_URL; ConfigError naming the setting."""
+    scheme = (cfg.redis_url or "").partition("://")[0].lower()
+    if cfg.redis_tls_ca_file:
+        if scheme != "rediss":
+            raise ConfigError("REDIS_TLS_CA_FILE is set but REDIS_URL is not a rediss:// (TLS) URL")
+        if not Path(cfg.redis_tls_ca_file).is_file():
+            raise ConfigError("REDIS_TLS_CA_FILE must name a readable file of CA certificates (PEM)")
+    if env.get("REDIS_TLS_CHECK_HOSTNAME", "").strip() and scheme != "rediss":
+        raise ConfigError("REDIS_TLS_CHECK_HOSTNAME is set but REDIS_URL is not a rediss:// (TLS) URL")
+    if cfg.redis_sentinels:
+        if not cfg.redis_sentinel_master:
+            raise ConfigError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER, the name the sentinels monitor")
+        if cfg.redis_url is None:
+            # The URL still decides whether Redis is configured at all (else an embedded Valkey is started).
+            raise ConfigError(
+                "REDIS_SENTINELS needs REDIS_URL for the password, database and TLS (its host is not used), "
+                "e.g. redis://:password@mymaster/0"
+            )
+        if scheme == "unix":
+            raise ConfigError("REDIS_SENTINELS needs a redis:// or rediss:// REDIS_URL, not unix://")
+    else:
+        for other in ("REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"):
+            if env.get(other, "").strip():
+                raise ConfigError(f"{other} is set but REDIS_SENTINELS is not")
 
 
 SETTING_PREFIXES = ("SMS_", "TWILIO_", "MONGODB_", "REDIS_")
@@ -116,9 +214,21 @@ class Config:
     """Every setting of every sms-gateway process; see the README's configuration table."""
 
     # Stores. None means: start the embedded server (SecantusDB / Valkey) under data_dir.
-    mongodb_uri: str | None = None
+    # May carry a password: never logged.
+    mongodb_uri: str | None = field(default=None, repr=False)
     mongodb_db: str = "sms_gateway"
-    redis_url: str | None = None
+    # MongoDB's write concern for every write (`w`, and `wtimeoutMS` with it); None: the URI's or the server's.
+    mongodb_write_concern: str | int | None = None
+    mongodb_write_concern_timeout_ms: int | None = None
+    # May carry a password: never logged.
+    redis_url: str | None = field(default=None, repr=False)
+    # rediss://: the CA bundle that verifies the server (empty: the system's) and whether its name is checked.
+    redis_tls_ca_file: str = ""
+    redis_tls_check_hostname: bool = True
+    # Redis Sentinel: the sentinels' addresses and the master's name; REDIS_URL then gives password, db and TLS.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str = field(default="", repr=False)
     data_dir: Path = Path(".data")
 
     # gRPC server.
@@ -216,10 +326,17 @@ class Config:
         """Reads every setting from `env` (default: os.environ)."""
         e = os.environ if env is None else env
         grpc_addr = e.get("SMS_GRPC_ADDR", "").strip() or cls.grpc_addr
-        return cls(
+        cfg = cls(
             mongodb_uri=e.get("MONGODB_URI") or None,
             mongodb_db=e.get("MONGODB_DB") or cls.mongodb_db,
-            redis_url=e.get("REDIS_URL") or None,
+            mongodb_write_concern=_write_concern(e, "MONGODB_WRITE_CONCERN"),
+            mongodb_write_concern_timeout_ms=_wtimeout(e, "MONGODB_WRITE_CONCERN_TIMEOUT_MS"),
+            redis_url=_redis_url(e),
+            redis_tls_ca_file=e.get("REDIS_TLS_CA_FILE", "").strip(),
+            redis_tls_check_hostname=_bool(e, "REDIS_TLS_CHECK_HOSTNAME", cls.redis_tls_check_hostname),
+            redis_sentinels=_sentinels(e, "REDIS_SENTINELS"),
+            redis_sentinel_master=e.get("REDIS_SENTINEL_MASTER", "").strip(),
+            redis_sentinel_password=e.get("REDIS_SENTINEL_PASSWORD", ""),
             data_dir=Path(e.get("SMS_DATA_DIR") or ".data"),
             grpc_addr=grpc_addr,
             jwt_secret=e.get("SMS_JWT_SECRET", ""),
@@ -280,6 +397,8 @@ class Config:
             web_dist=Path(e.get("SMS_WEB_DIST") or cls.web_dist),
             web_origins=tuple(o.strip().rstrip("/") for o in e.get("SMS_WEB_ORIGINS", "").split(",") if o.strip()),
         )
+        _check_redis_engines(e, cfg)
+        return cfg
 
     def missing(self, *names: str) -> list[str]:
         """The listed settings (environment names; "A|B": either will do) that are empty, as "A or B"."""

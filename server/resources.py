@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from server.config import Config
+from server.connections import arq_redis, mongo_client, redis_client
 from server.delivery_stats import DeliveryStats, stats_prefix
 from server.embedded import EmbeddedServer, require_embedded, start_mongo, start_redis
 from server.events import EventLog
@@ -23,6 +24,10 @@ from server.store import Store
 from server.worker.queue import SendQueue
 
 log = logging.getLogger(__name__)
+
+# At start-up, Redis is tried this many times, this many seconds apart (arq's create_pool's defaults before).
+REDIS_START_TRIES = 6
+REDIS_START_DELAY = 1.0
 
 
 @dataclass
@@ -53,6 +58,21 @@ def _start_embedded(cfg: Config, name: str, start: Callable[[Path, int, IO[bytes
         return start(cfg.data_dir / name, 0, output)
 
 
+async def _reach(client: Redis) -> None:
+    """Waits until Redis answers, as arq's create_pool did: a Redis still starting is retried for a few seconds;
+    one that stays away is the error (never its URL, which may carry a password)."""
+    for attempt in range(1, REDIS_START_TRIES + 1):
+        try:
+            await client.ping()
+            return
+        except (OSError, RedisError) as exc:
+            if attempt == REDIS_START_TRIES:
+                raise
+            # redis-py's messages name the host and port, never the password.
+            log.warning("Redis not reachable yet (%s), %d tries left", exc, REDIS_START_TRIES - attempt)
+            await asyncio.sleep(REDIS_START_DELAY)
+
+
 @contextlib.asynccontextmanager
 async def open_resources(cfg: Config) -> AsyncIterator[Resources]:
     """Connects to MongoDB and Redis (embedded servers when no URI is configured), ensures indexes, builds the
@@ -76,9 +96,19 @@ async def open_resources(cfg: Config) -> AsyncIterator[Resources]:
         for server in reversed(embedded):
             server.stop()
         raise
-    store = Store.connect(mongodb_uri, cfg.mongodb_db)
-    redis: Redis = Redis.from_url(redis_url, socket_connect_timeout=3, health_check_interval=10)
-    arq = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=cfg.arq_queue)
+    # Every client from server.connections: write concern, TLS and Sentinel are applied there, in one place.
+    store = Store(mongo_client(cfg, mongodb_uri), cfg.mongodb_db)
+    redis = redis_client(cfg, redis_url)
+    arq = arq_redis(cfg, redis_url)
+    try:
+        await _reach(arq)
+    except BaseException:
+        await arq.aclose()
+        await redis.aclose()
+        await store.close()
+        for server in reversed(embedded):
+            server.stop()
+        raise
     events = EventLog(redis, cfg.event_stream, cfg.event_retention)
     gateway = Gateway(cfg, store, events, SendQueue(arq, cfg.arq_queue), DeliveryStats(redis, stats_prefix(cfg)))
     res = Resources(cfg, store, redis, arq, gateway, embedded)

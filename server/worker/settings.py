@@ -17,11 +17,11 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from server import metrics
 from server.config import TWILIO_SETTINGS, Config
+from server.connections import arq_redis
 from server.resources import open_resources
 from server.signals import on_stop_signals
 from server.timeutil import now
@@ -68,7 +68,9 @@ def worker_settings(cfg: Config) -> dict[str, Any]:
             )
         ],
         "queue_name": cfg.arq_queue,
-        "redis_settings": RedisSettings.from_dsn(cfg.redis_url),
+        # Our connection rather than arq's RedisSettings, which cannot carry a sentinel password, TLS to the
+        # sentinels or a CA bundle with Sentinel (server.connections); the worker closes it when it stops.
+        "redis_pool": arq_redis(cfg),
         "max_jobs": cfg.send_concurrency,
         "job_timeout": cfg.job_timeout_seconds,
         # No kept results: a re-enqueue with the same job id (the reconciler) must not be refused by one.
