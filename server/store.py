@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -9,8 +10,10 @@ from typing import Any, TypeVar, cast
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from server import store_metrics  # noqa: F401  (registers the command counter before any client is made)
+from server.batching import Coalescer
 from server.documents import (
     ASSIGNMENT_HISTORY_MAX,
     UNASSIGNED,
@@ -29,6 +32,7 @@ from server.timeutil import now
 
 Cursor = tuple[datetime, str]
 Doc = TypeVar("Doc", ConversationDoc, MessageDoc)
+Key = TypeVar("Key", str, ObjectId)
 
 # A conversation's search terms (server/search.py) come from three writers: its number (create_conversation), its
 # contact name (update_conversation) and its last message (count_message). Each writes its own part and, in the
@@ -66,6 +70,9 @@ def _terms_update(fields: Mapping[str, Any], inc: Mapping[str, int]) -> list[Fie
     return [{"$set": first}, {"$set": {"search_terms": union}}]
 
 
+# MongoDB's duplicate key error code, as a bulk write reports it per document.
+DUPLICATE_KEY = 11000
+
 # Message fields behind sparse indexes: written as None by callers, stored as absent.
 SPARSE_FIELDS = frozenset({"send_due", "sent_at", "twilio_sid", "request_key", "pending", "retry_of"})
 
@@ -86,6 +93,17 @@ def applied(doc: MessageDoc, update: Fields) -> MessageDoc:
     return cast(MessageDoc, new)
 
 
+def _each(found: Mapping[Key, Doc], keys: Sequence[Key]) -> list[Doc | None]:
+    """The document of each key in order; a key asked twice gets its own copy (callers change what they hold)."""
+    answers: list[Doc | None] = []
+    given: set[Key] = set()
+    for key in keys:
+        doc = found.get(key)
+        answers.append(copy.deepcopy(doc) if doc is not None and key in given else doc)
+        given.add(key)
+    return answers
+
+
 class Store:
     """The sms-gateway collections in one database."""
 
@@ -97,6 +115,13 @@ class Store:
         self.conversations = cast(AsyncCollection[ConversationDoc], db.get_collection("conversations"))
         # Canned replies (server/templates.py): their own collection and queries, in a module of their own.
         self.templates = TemplateStore(db)
+        # The hot path's reads by key, inserts and marker clears, grouped when they arrive together
+        # (server/batching.py): callers see one document, one answer, as before.
+        self._conversations_by_id = Coalescer(self._read_conversations)
+        self._messages_by_id = Coalescer(self._read_messages)
+        self._messages_by_sid = Coalescer(self._read_messages_by_sid)
+        self._inserts = Coalescer(self._insert_messages)
+        self._pending_clears = Coalescer(self._clear_pending_markers)
 
     @classmethod
     def connect(cls, uri: str, db_name: str) -> Store:
@@ -166,7 +191,11 @@ class Store:
     # Conversations
 
     async def get_conversation(self, cid: str) -> ConversationDoc | None:
-        return await self.conversations.find_one({"_id": cid})
+        return await self._conversations_by_id(cid)
+
+    async def _read_conversations(self, cids: list[str]) -> list[ConversationDoc | None]:
+        found = {d["_id"]: d async for d in self.conversations.find({"_id": {"$in": list(set(cids))}})}
+        return _each(found, cids)
 
     async def create_conversation(self, doc: ConversationDoc) -> ConversationDoc:
         """Inserts `doc`, or returns the conversation a concurrent caller created first."""
@@ -400,18 +429,33 @@ class Store:
 
     async def insert_new_message(self, doc: MessageDoc) -> bool:
         """Stores a new message (setting its `_id`); False when its sid or request key is already stored."""
-        try:
-            # Stored with its search terms (SearchMessages), which the caller's copy does not carry.
-            stored = cast(MessageDoc, {**doc, "search_terms": text_terms(doc.get("body", ""))})
-            result = await self.messages.insert_one(stored)
-        except DuplicateKeyError:
+        oid = ObjectId()
+        # Stored with its search terms (SearchMessages), which the caller's copy does not carry.
+        stored = cast(MessageDoc, {**doc, "_id": oid, "search_terms": text_terms(doc.get("body", ""))})
+        if not await self._inserts(stored):
             return False
-        doc["_id"] = result.inserted_id
+        doc["_id"] = oid
         return True
+
+    async def _insert_messages(self, docs: list[MessageDoc]) -> list[bool | BaseException]:
+        """Inserts `docs` in one unordered command: True for each stored, False for a duplicate key, or its error."""
+        answers: list[bool | BaseException] = [True] * len(docs)
+        try:
+            await self.messages.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                index = error["index"]
+                duplicate = error.get("code") == DUPLICATE_KEY
+                answers[index] = False if duplicate else BulkWriteError({"writeErrors": [error], "nInserted": 0})
+        return answers
 
     async def clear_pending(self, oid: ObjectId) -> None:
         """Marks a new message's effects (counts, events, job) as done."""
-        await self.messages.update_one({"_id": oid}, {"$unset": {"pending": ""}})
+        await self._pending_clears(oid)
+
+    async def _clear_pending_markers(self, oids: list[ObjectId]) -> list[None]:
+        await self.messages.update_many({"_id": {"$in": list(set(oids))}}, {"$unset": {"pending": ""}})
+        return [None] * len(oids)
 
     async def claim_pending(self, oid: ObjectId, since: datetime) -> bool:
         """Takes over finishing an abandoned message; only one claimer wins per abandoned attempt."""
@@ -424,10 +468,18 @@ class Store:
 
     async def get_message(self, message_id: str) -> MessageDoc | None:
         oid = message_oid(message_id)
-        return None if oid is None else await self.messages.find_one({"_id": oid})
+        return None if oid is None else await self._messages_by_id(oid)
+
+    async def _read_messages(self, oids: list[ObjectId]) -> list[MessageDoc | None]:
+        found = {d["_id"]: d async for d in self.messages.find({"_id": {"$in": list(set(oids))}})}
+        return _each(found, oids)
 
     async def find_by_sid(self, sid: str) -> MessageDoc | None:
-        return await self.messages.find_one({"twilio_sid": sid})
+        return await self._messages_by_sid(sid)
+
+    async def _read_messages_by_sid(self, sids: list[str]) -> list[MessageDoc | None]:
+        found = {d["twilio_sid"]: d async for d in self.messages.find({"twilio_sid": {"$in": list(set(sids))}})}
+        return _each(found, sids)
 
     async def find_by_request(self, request_key: str) -> MessageDoc | None:
         return await self.messages.find_one({"request_key": request_key})

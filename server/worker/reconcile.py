@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from arq.connections import ArqRedis
 
+from server import store_metrics
 from server.config import Config
 from server.gateway import PENDING_GRACE, Gateway
 from server.timeutil import now
@@ -54,11 +55,14 @@ async def every(
 ) -> None:
     """Runs `duty` every `interval` seconds in one worker of many (a Redis lock per tick) until `stopping`."""
     name = getattr(duty, "__name__", lock_key)
+    # The store commands' label: the lock's own word ("reconcile", "sync"), a fixed string of our code.
+    duty_word = lock_key.rsplit(":", 1)[-1].removesuffix("-lock")
     while not stopping.is_set():
         try:
             # The lock lives a little less than the interval, so the next tick can take it again.
             if await arq.set(lock_key, b"1", px=max(int(interval * 900), 1), nx=True):
-                await duty()
+                with store_metrics.operation(duty_word):
+                    await duty()
         except Exception:
             log.exception("background duty %s failed; next try in %.0f s", name, interval)
         with contextlib.suppress(TimeoutError):

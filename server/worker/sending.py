@@ -33,7 +33,7 @@ from arq import Retry
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.exceptions import RedisError
 
-from server import log_context
+from server import log_context, store_metrics
 from server import status as st
 from server.config import Config
 from server.documents import Fields, LastError, MessageDoc
@@ -115,7 +115,8 @@ class Sending:
     async def _guarded(self, message_id: str) -> str:
         deadline = time.monotonic() + self.cfg.job_timeout_seconds - RUN_MARGIN_SECONDS
         try:
-            return await self._run(message_id, deadline)
+            with store_metrics.operation("send_job"):
+                return await self._run(message_id, deadline)
         except (PyMongoError, RedisError) as exc:
             # A store outage must not fail the job for good (arq only re-runs on Retry); any attempt in flight
             # stays marked, so the next run settles it before sending again.
