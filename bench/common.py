@@ -58,7 +58,7 @@ def write_json(path: Path | None, figures: Mapping[str, Any]) -> None:
 
 
 async def store_commands(metrics_url: str) -> dict[str, float]:
-    """A process's `sms_store_commands_total`, summed over command names, by operation (gRPC method, job)."""
+    """A process's `sms_store_commands_total`, summed over command names, by stage (gRPC method, worker job)."""
     async with aiohttp.ClientSession() as http, http.get(metrics_url) as resp:
         text = await resp.text()
     by_operation: dict[str, float] = {}
@@ -67,7 +67,7 @@ async def store_commands(metrics_url: str) -> dict[str, float]:
             continue
         for sample in family.samples:
             if sample.name == "sms_store_commands_total":
-                op = sample.labels["operation"]
+                op = sample.labels["stage"]
                 by_operation[op] = by_operation.get(op, 0.0) + sample.value
     return by_operation
 
@@ -109,7 +109,7 @@ class Meter:
         return self.cpu[process] * 1e6 / count if count else float("nan")
 
     def commands_per(self, count: int) -> dict[str, float]:
-        """Store commands per unit of work, by process and operation, with a "total"."""
+        """Store commands per unit of work, by process and stage, with a "total"."""
         out: dict[str, float] = {}
         for process, ops in self.commands.items():
             for op, n in ops.items():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -46,45 +48,94 @@ class EventLog:
         An event over limits.EVENT_BYTES, which the input bounds rule out, is not appended: its gap marker is
         written at once, so the log keeps its byte bound and readers re-read the state from MongoDB.
         """
-        data = event.SerializeToString()
-        fields: dict[bytes, bytes | str] = {F_OWNER: owner, F_CONVERSATION: conversation_id, F_DATA: data}
-        if previous_owner is not None:
-            fields[F_PREVIOUS_OWNER] = previous_owner
-        oversized = len(data) > limits.EVENT_BYTES
-        if oversized:
-            log.error("event of %d bytes over the bound of %d not appended", len(data), limits.EVENT_BYTES)
+        return (await self.append_all([Entry(event, owner, conversation_id, previous_owner)]))[0]
+
+    async def append_all(self, entries: Sequence[Entry]) -> list[str | None]:
+        """Appends `entries` in order in one round trip (see `append`); their ids, None for each not appended."""
+        fields_of: list[dict[bytes, bytes | str] | None] = []
+        oversized = 0
+        for entry in entries:
+            data = entry.event.SerializeToString()
+            if len(data) > limits.EVENT_BYTES:
+                log.error("event of %d bytes over the bound of %d not appended", len(data), limits.EVENT_BYTES)
+                oversized += 1
+                fields_of.append(None)
+                continue
+            fields: dict[bytes, bytes | str] = {
+                F_OWNER: entry.owner,
+                F_CONVERSATION: entry.conversation_id,
+                F_DATA: data,
+            }
+            if entry.previous_owner is not None:
+                fields[F_PREVIOUS_OWNER] = entry.previous_owner
+            fields_of.append(fields)
+        lost = self.lost + oversized
         try:
-            lost = self.lost + oversized
-            if lost:
-                gap: dict[bytes, bytes | str] = {F_OWNER: "", F_CONVERSATION: "", F_GAP: str(lost)}
-                await self.redis.xadd(self.name, gap, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
-                log.warning("event log: marked a gap of %d lost events", lost)
-                self.lost = 0
-            if oversized:
-                return None
-            entry_id = await self.redis.xadd(self.name, fields, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if lost:
+                    gap: dict[bytes, bytes | str] = {F_OWNER: "", F_CONVERSATION: "", F_GAP: str(lost)}
+                    pipe.xadd(self.name, gap, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
+                for appended in fields_of:
+                    if appended is not None:
+                        pipe.xadd(self.name, appended, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
+                results = await pipe.execute()
         except Exception:
-            self.lost += 1
-            log.exception("event append failed (%s)", types_pb2.EventType.Name(event.type))
-            return None
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            self.lost += len(entries) - oversized
+            kinds = ", ".join(types_pb2.EventType.Name(e.event.type) for e in entries)
+            log.exception("event append failed (%s)", kinds)
+            return [None] * len(entries)
+        if lost:
+            log.warning("event log: marked a gap of %d lost events", lost)
+            self.lost = 0
+            results = results[1:]
+        ids = iter(results)
+        return [None if f is None else _text(next(ids)) for f in fields_of]
 
     async def message(self, kind: types_pb2.EventType.ValueType, doc: MessageDoc) -> str | None:
         """Appends a message event carrying the message as it now is."""
-        event = types_pb2.Event(type=kind, time=to_timestamp(now()), message=message_to_proto(doc))
-        return await self.append(event, doc.get("owner", ""), doc["conversation_id"])
+        return (await self.append_all([message_entry(kind, doc)]))[0]
+
+    async def message_and_conversation(
+        self, kind: types_pb2.EventType.ValueType, doc: MessageDoc, conversation: ConversationDoc | None
+    ) -> None:
+        """A message's event, then its conversation's (when given), in one round trip."""
+        entries = [message_entry(kind, doc)]
+        if conversation is not None:
+            entries.append(conversation_entry(conversation))
+        await self.append_all(entries)
 
     async def conversation(self, doc: ConversationDoc, previous_owner: str | None = None) -> str | None:
         """Appends a conversation-updated event carrying the conversation as it now is.
 
         `previous_owner`: the event of a change of assignee, entitling the owner before as well as the new one.
         """
-        event = types_pb2.Event(
-            type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,
-            time=to_timestamp(now()),
-            conversation=conversation_to_proto(doc),
-        )
-        return await self.append(event, doc.get("owner", ""), doc["_id"], previous_owner)
+        return (await self.append_all([conversation_entry(doc, previous_owner)]))[0]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event to append, with the routing fields of its stream entry."""
+
+    event: types_pb2.Event
+    owner: str
+    conversation_id: str
+    previous_owner: str | None = None
+
+
+def message_entry(kind: types_pb2.EventType.ValueType, doc: MessageDoc) -> Entry:
+    """The entry of a message event carrying the message as it now is."""
+    event = types_pb2.Event(type=kind, time=to_timestamp(now()), message=message_to_proto(doc))
+    return Entry(event, doc.get("owner", ""), doc["conversation_id"])
+
+
+def conversation_entry(doc: ConversationDoc, previous_owner: str | None = None) -> Entry:
+    """The entry of a conversation-updated event carrying the conversation as it now is."""
+    event = types_pb2.Event(
+        type=types_pb2.EVENT_TYPE_CONVERSATION_UPDATED,
+        time=to_timestamp(now()),
+        conversation=conversation_to_proto(doc),
+    )
+    return Entry(event, doc.get("owner", ""), doc["_id"], previous_owner)
 
 
 # Reading the log (Subscribe). Entry ids are "<ms>-<seq>"; as tuples they compare in log order.

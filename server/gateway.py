@@ -435,9 +435,7 @@ class Gateway:
             # the other messages): the message follows its conversation, and its event reaches the new owner.
             await self.store.set_message_owner(doc["_id"], conv["owner"])
             doc["owner"] = conv["owner"]
-        await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc)
-        if conv is not None:
-            await self.events.conversation(conv)
+        await self.events.message_and_conversation(types_pb2.EVENT_TYPE_MESSAGE_CREATED, doc, conv)
         retry_of = doc.get("retry_of")
         if retry_of:
             # The failed message names its retry: repeated by a replay until the pending marker is cleared.

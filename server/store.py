@@ -153,7 +153,10 @@ class Store:
         await self.messages.create_index([("status", ASCENDING), ("send_at", ASCENDING)])
         # The worker, the reconciler and GetQueueStats (see "Sending" below).
         await self.messages.create_index([("status", ASCENDING), ("updated", ASCENDING)])
-        await self.messages.create_index("sent_at", name="sent_at_sparse", sparse=True)
+        # Retired: `sent_at` was indexed for counts the delivery counters in Redis now keep (issue 13). An index
+        # costs every write of a message (SecantusDB rewrites each index's entries on every update).
+        if "sent_at_sparse" in await self.messages.index_information():
+            await self.messages.drop_index("sent_at_sparse")
         await self.messages.create_index("send_due", name="send_due_sparse", sparse=True)
         await self.messages.create_index([("status", ASCENDING), ("created", ASCENDING)])
         await self.conversations.create_index(
@@ -564,13 +567,6 @@ class Store:
         due = await self.messages.find({"status": "scheduled", "send_at": {"$lt": t}}, fields).to_list()
         sending = await self.messages.find({"status": "sending"}, fields).to_list()
         return queued + due + [d for d in sending if not d.get("twilio_sid")]
-
-    async def count_status_since(self, status: str, since: datetime) -> int:
-        return await self.messages.count_documents({"status": status, "updated": {"$gte": since}})
-
-    async def count_sent_since(self, since: datetime) -> int:
-        """Messages handed to Twilio (a sid stored by the worker) since `since`."""
-        return await self.messages.count_documents({"sent_at": {"$gte": since}})
 
     async def waiting(self) -> tuple[int, list[MessageDoc]]:
         """The QUEUED count, and the messages with an attempt in flight or a retry pending (`send_due` set)."""

@@ -136,11 +136,11 @@ async def test_store_commands_are_counted_by_operation(store: Store) -> None:
             s.value
             for m in store_metrics.COMMANDS.collect()
             for s in m.samples
-            if s.name == "sms_store_commands_total" and s.labels["operation"] == operation
+            if s.name == "sms_store_commands_total" and s.labels["stage"] == operation
         )
 
     before = counted("test_op")
-    with store_metrics.operation("test_op"):
+    with store_metrics.stage("test_op"):
         await asyncio.gather(*(store.get_message(str(ObjectId())) for _ in range(5)))
         await store.get_conversation("nobody")
     # Five reads by id went as one or two commands, and the conversation read as one more.

@@ -53,6 +53,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "outcome": None,
     "result": None,
     "operation": {"create", "list", "fetch", "other"},
+    "stage": None,  # sms_store_commands_total: gRPC method names and the worker's fixed job words
     "status": None,
     "route": {"inbound", "status"},
     "method": {"RecordInbound", "RecordStatus"},

@@ -61,7 +61,7 @@ async def every(
         try:
             # The lock lives a little less than the interval, so the next tick can take it again.
             if await arq.set(lock_key, b"1", px=max(int(interval * 900), 1), nx=True):
-                with store_metrics.operation(duty_word):
+                with store_metrics.stage(duty_word):
                     await duty()
         except Exception:
             log.exception("background duty %s failed; next try in %.0f s", name, interval)

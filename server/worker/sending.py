@@ -115,7 +115,7 @@ class Sending:
     async def _guarded(self, message_id: str) -> str:
         deadline = time.monotonic() + self.cfg.job_timeout_seconds - RUN_MARGIN_SECONDS
         try:
-            with store_metrics.operation("send_job"):
+            with store_metrics.stage("send_job"):
                 return await self._run(message_id, deadline)
         except (PyMongoError, RedisError) as exc:
             # A store outage must not fail the job for good (arq only re-runs on Retry); any attempt in flight
