@@ -1,5 +1,6 @@
 """Renders the Envoy config of the local stack: grpc-web to the gRPC server and the web UI's static files, with the
-browser-facing policy (security headers, CORS origins) they are served under."""
+browser-facing policy (security headers, CORS origins) they are served under; with replicas, also the gRPC and
+webhook entry points balanced over them."""
 
 from __future__ import annotations
 
@@ -92,11 +93,39 @@ def template_text() -> str:
 
 @dataclass(frozen=True)
 class EnvoyPorts:
-    """Where Envoy listens and what it proxies to."""
+    """Where Envoy listens and what it proxies to.
+
+    Without replicas Envoy proxies grpc-web to the one server at `grpc_addr`. With `grpc_replicas` it listens on
+    `grpc_addr` itself (plain gRPC, every service) and on `bridge_addr` (Twilio's webhooks), and balances them over
+    `grpc_replicas` and `bridge_replicas`.
+    """
 
     web_addr: str
     grpc_addr: str
     admin_port: int
+    grpc_replicas: tuple[str, ...] = ()
+    bridge_addr: str = ""
+    bridge_replicas: tuple[str, ...] = ()
+
+    @property
+    def grpc_upstreams(self) -> tuple[str, ...]:
+        """The gRPC servers the web listener (and, with replicas, the gRPC listener) sends calls to."""
+        return self.grpc_replicas or (self.grpc_addr,)
+
+
+# Calls that only read: asked again on any failure, on another replica. Everything else is retried only when it
+# never reached a replica (Send without a request_id would be sent twice).
+READ_METHODS_REGEX = r"/sms\.v1\.SmsService/(Get|List|Search)[A-Za-z]*"
+# What never reached an upstream: safe to try again for any call.
+UNSENT_RETRY_ON = "connect-failure,refused-stream"
+# Reads, and posts that are idempotent by design (SmsIngestService and Twilio's webhooks dedupe on MessageSid and
+# on (sid, status)): also a reset mid-call, and for gRPC UNAVAILABLE (another replica may be serving).
+IDEMPOTENT_GRPC_RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
+# Not 5xx: a bridge's 503 asks Twilio to retry later (its own policy), and the retry here would come too soon.
+IDEMPOTENT_HTTP_RETRY_ON = "connect-failure,refused-stream,reset"
+RETRIES = 2
+# How quickly a dead replica leaves the rotation: health checks this often, out at the first failure.
+HEALTH_INTERVAL = "0.5s"
 
 
 def normalize_origin(origin: str) -> str:
@@ -198,6 +227,163 @@ def static_routes(dist: Path) -> tuple[list[dict[str, Any]], int]:
     return routes, largest
 
 
+def retry_policy(retry_on: str) -> dict[str, Any]:
+    """A route's retry policy: `retry_on`, each retry on a host not tried yet for this request."""
+    return {
+        "retry_on": retry_on,
+        "num_retries": RETRIES,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+        # Short: a failed connect to a dead replica is no reason to wait before asking a live one.
+        "retry_back_off": {"base_interval": "0.02s", "max_interval": "0.2s"},
+    }
+
+
+def health_check(kind: dict[str, Any]) -> list[dict[str, Any]]:
+    """Active health checking: every HEALTH_INTERVAL, even without traffic; out at one failure, back at one pass."""
+    return [
+        {
+            "timeout": "1s",
+            "interval": HEALTH_INTERVAL,
+            "no_traffic_interval": HEALTH_INTERVAL,
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "reuse_connection": False,
+            **kind,
+        }
+    ]
+
+
+def outlier_detection(*, answers: bool) -> dict[str, Any]:
+    """Passive: a replica whose connections fail (refused, reset, timed out) is ejected at once, for a short while
+    (health checks bring it back); with `answers`, also one that keeps answering UNAVAILABLE (draining, its
+    stores gone). A bridge's 503 is no such sign: it asks Twilio to retry one post (e.g. a callback that overtook
+    the worker's write of the sid), and a bridge cut off from every server fails its /healthz."""
+    return {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 2,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "consecutive_gateway_failure": 3,
+        "enforcing_consecutive_gateway_failure": 100 if answers else 0,
+        "enforcing_consecutive_5xx": 0,
+        "enforcing_success_rate": 0,
+        "enforcing_local_origin_success_rate": 0,
+        "interval": "1s",
+        "base_ejection_time": "2s",
+        "max_ejection_time": "10s",
+        # At most half: with every replica ejected Envoy would route to all of them anyway (panic mode).
+        "max_ejection_percent": 50,
+    }
+
+
+def lb_endpoints(addrs: Iterable[str]) -> list[dict[str, Any]]:
+    """The `lb_endpoints` of a cluster of `addrs` (host:port)."""
+    endpoints = []
+    for addr in addrs:
+        host, port = split_addr(addr)
+        endpoints.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})
+    return endpoints
+
+
+def cluster_type(addrs: Iterable[str]) -> str:
+    """STATIC for IP addresses; DNS otherwise (LOGICAL_DNS takes one endpoint only)."""
+    hosts = [split_addr(addr)[0] for addr in addrs]
+    try:
+        for host in hosts:
+            ipaddress.ip_address(host)
+        return "STATIC"
+    except ValueError:
+        return "LOGICAL_DNS" if len(hosts) == 1 else "STRICT_DNS"
+
+
+def _router_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+
+
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def _listener(name: str, addr: str, codec: str, routes: list[dict[str, Any]]) -> dict[str, Any]:
+    host, port = split_addr(addr)
+    manager = {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        "codec_type": codec,
+        "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
+        "http_filters": [_router_filter()],
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": _as_ip(host), "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def _grpc_route(match: dict[str, Any], retry_on: str) -> dict[str, Any]:
+    # Streams (Subscribe) run as long as they like: no route timeout, no grpc-timeout cap.
+    return {
+        "match": match,
+        "route": {
+            "cluster": "grpc_server",
+            "timeout": "0s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            "retry_policy": retry_policy(retry_on),
+        },
+    }
+
+
+def grpc_listener(addr: str) -> dict[str, Any]:
+    """Plain gRPC on `addr` for every service (SmsService, SmsIngestService, health, reflection), balanced."""
+    routes = [
+        _grpc_route({"prefix": "/sms.v1.SmsIngestService/"}, IDEMPOTENT_GRPC_RETRY_ON),
+        _grpc_route({"safe_regex": {"regex": READ_METHODS_REGEX}}, IDEMPOTENT_GRPC_RETRY_ON),
+        _grpc_route({"prefix": "/"}, UNSENT_RETRY_ON),
+    ]
+    return _listener("grpc", addr, "HTTP2", routes)
+
+
+def webhook_listener(addr: str) -> dict[str, Any]:
+    """Twilio's webhooks on `addr`, balanced over the bridges; path and query untouched (they are signed)."""
+    route = {
+        "match": {"prefix": "/"},
+        # Twilio waits 15 s at most (its read timeout); a post must not outlive its caller here either.
+        "route": {"cluster": "bridge", "timeout": "15s", "retry_policy": retry_policy(IDEMPOTENT_HTTP_RETRY_ON)},
+    }
+    return _listener("webhooks", addr, "AUTO", [route])
+
+
+def bridge_cluster(addrs: Iterable[str]) -> dict[str, Any]:
+    """The webhook bridges over HTTP/1.1, checked on /healthz (200 only while they reach a SERVING server)."""
+    addrs = list(addrs)
+    return {
+        "name": "bridge",
+        "type": cluster_type(addrs),
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "health_checks": health_check({"http_health_check": {"path": "/healthz"}}),
+        "outlier_detection": outlier_detection(answers=False),
+        "load_assignment": {"cluster_name": "bridge", "endpoints": [{"lb_endpoints": lb_endpoints(addrs)}]},
+    }
+
+
+def _flow_items(items: Iterable[dict[str, Any]], indent: int) -> str:
+    # JSON is YAML: one flow mapping per line keeps the template's indentation intact.
+    return "\n".join(f"{' ' * indent}- {json.dumps(item)}" for item in items)
+
+
 def render(ports: EnvoyPorts, out: Path, dist: Path, web_origins: Iterable[str] = ()) -> Path:
     """Writes the Envoy config for `ports` and the files in `dist` to `out` (atomically); returns `out`.
 
@@ -207,25 +393,29 @@ def render(ports: EnvoyPorts, out: Path, dist: Path, web_origins: Iterable[str] 
     web_host, web_port = split_addr(ports.web_addr)
     # A listener needs an IP address; SMS_WEB_ADDR=localhost:8080 is a fair thing to write.
     web_host = _as_ip(web_host)
-    grpc_host, grpc_port = split_addr(ports.grpc_addr)
-    try:
-        ipaddress.ip_address(grpc_host)
-        cluster_type = "STATIC"
-    except ValueError:
-        cluster_type = "LOGICAL_DNS"
     routes, largest = static_routes(dist)
-    # JSON is YAML: one flow mapping per line keeps the template's indentation intact.
-    indent = " " * 14
-    rendered_routes = "\n".join(f"{indent}- {json.dumps(route)}" for route in routes)
+    listeners: list[dict[str, Any]] = []
+    clusters: list[dict[str, Any]] = []
+    if ports.grpc_replicas:
+        listeners.append(grpc_listener(ports.grpc_addr))
+        if ports.bridge_replicas:
+            listeners.append(webhook_listener(ports.bridge_addr))
+            clusters.append(bridge_cluster(ports.bridge_replicas))
     text = Template(template_text()).substitute(
         admin_port=ports.admin_port,
         web_host=web_host,
         web_port=web_port,
-        grpc_host=grpc_host,
-        grpc_port=grpc_port,
-        grpc_cluster_type=cluster_type,
+        grpc_endpoints=json.dumps(lb_endpoints(ports.grpc_upstreams)),
+        grpc_cluster_type=cluster_type(ports.grpc_upstreams),
+        grpc_health_checks=json.dumps(health_check({"grpc_health_check": {}})),
+        outlier_detection=json.dumps(outlier_detection(answers=True)),
+        read_methods_match=json.dumps({"safe_regex": {"regex": READ_METHODS_REGEX}}),
+        idempotent_retry_policy=json.dumps(retry_policy(IDEMPOTENT_GRPC_RETRY_ON)),
+        unsent_retry_policy=json.dumps(retry_policy(UNSENT_RETRY_ON)),
+        extra_listeners=_flow_items(listeners, 2),
+        extra_clusters=_flow_items(clusters, 2),
         max_body_bytes=max(largest, 4096),
-        static_routes=rendered_routes,
+        static_routes=_flow_items(routes, 14),
         security_headers=json.dumps([_header(key, value) for key, value in SECURITY_HEADERS.items()]),
         # Exact matches only: a pattern could let in more than was configured.
         allowed_origins=json.dumps([{"exact": origin} for origin in origins]),

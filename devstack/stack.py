@@ -16,9 +16,9 @@ from typing import Any
 
 from devstack.envoy import EnvoyPorts, dist_fingerprint, envoy_command, origin_problems, render
 from devstack.probes import forget_worker_heartbeat, grpc_check, http_check, redis_check, tcp_check, worker_check
-from devstack.supervisor import Child, ChildSpec, Console, StackFailed, StopRequested, Supervisor
+from devstack.supervisor import Child, ChildSpec, Console, HealthCheck, StackFailed, StopRequested, Supervisor
 from server.auth import mint_token
-from server.config import Config, split_addr
+from server.config import Config, ConfigError, split_addr
 from server.embedded import free_port, mongo_command, mongo_uri, redis_command
 from server.webhook_routes import INBOUND_PATH, STATUS_PATH
 
@@ -31,6 +31,21 @@ DEFAULT_FROM_NUMBER = "+15005550006"
 DEV_DRAIN_SECONDS = "3"
 # The processes that serve Prometheus metrics, each on a port of its own (SMS_METRICS_ADDR).
 METRICS_PROCESSES = ("server", "worker", "bridge")
+# `--replicas`: copies of each of METRICS_PROCESSES. A few per core is already more than loopback can show.
+MAX_REPLICAS = 8
+# Replicas listen here on free ports; the configured addresses are Envoy's, the stack's entry points.
+REPLICA_HOST = "127.0.0.1"
+
+
+def replica_names(kind: str, replicas: int) -> list[str]:
+    """The child names of `kind`'s copies: just `kind` for one (as before replicas existed), else kind-1..kind-N."""
+    return [kind] if replicas == 1 else [f"{kind}-{i}" for i in range(1, replicas + 1)]
+
+
+def check_replicas(replicas: int) -> None:
+    """Raises ConfigError unless 1 <= replicas <= MAX_REPLICAS."""
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ConfigError(f"--replicas must be between 1 and {MAX_REPLICAS}, got {replicas}")
 
 
 @dataclass
@@ -61,8 +76,13 @@ class Settings:
     twilio_from_number: str
     twilio_api_base_url: str | None
     public_base_url: str
-    # Per process of METRICS_PROCESSES: its SMS_METRICS_ADDR ("host:port").
+    # Per child serving metrics (a name of replica_names for each of METRICS_PROCESSES): its SMS_METRICS_ADDR.
     metrics_addrs: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    # With replicas > 1: each server's and each bridge's own address, by child name. grpc_addr and bridge_addr are
+    # then Envoy's listeners, which balance over these.
+    server_addrs: dict[str, str] = field(default_factory=dict)
+    bridge_addrs: dict[str, str] = field(default_factory=dict)
 
     @property
     def envoy_config(self) -> Path:
@@ -110,13 +130,21 @@ def write_private_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def decide(cfg: Config, env: dict[str, str]) -> Settings:
+def _replica_addrs(kind: str, replicas: int) -> dict[str, str]:
+    if replicas == 1:
+        return {}
+    return {name: f"{REPLICA_HOST}:{free_port()}" for name in replica_names(kind, replicas)}
+
+
+def decide(cfg: Config, env: dict[str, str], replicas: int = 1) -> Settings:
     """Turns the Config (and which settings the user really set) into the stack's settings."""
+    check_replicas(replicas)
     data_dir = cfg.data_dir.resolve()
     stored = load_secrets(data_dir)
     simulated = not (cfg.twilio_account_sid and cfg.twilio_auth_token)
     mongo_port = None if cfg.mongodb_uri else free_port()
     redis_port = None if cfg.redis_url else free_port()
+    # With replicas this is Envoy's webhook listener, which Twilio (the simulator) posts to.
     bridge_url = _url(cfg.bridge_addr)
     if simulated:
         # The simulator signs its callbacks for the URL it posts to, so the bridge must check against the same.
@@ -146,7 +174,12 @@ def decide(cfg: Config, env: dict[str, str]) -> Settings:
         or (DEFAULT_FROM_NUMBER if not cfg.twilio_messaging_service_sid else ""),
         twilio_api_base_url=_url(cfg.simulator_addr) if simulated else cfg.twilio_api_base_url,
         public_base_url=public_base_url,
-        metrics_addrs={name: f"127.0.0.1:{free_port()}" for name in METRICS_PROCESSES},
+        metrics_addrs={
+            name: f"127.0.0.1:{free_port()}" for kind in METRICS_PROCESSES for name in replica_names(kind, replicas)
+        },
+        replicas=replicas,
+        server_addrs=_replica_addrs("server", replicas),
+        bridge_addrs=_replica_addrs("bridge", replicas),
     )
 
 
@@ -193,6 +226,84 @@ def _metered(s: Settings, name: str, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _all(*checks: HealthCheck) -> HealthCheck:
+    """Healthy when every check passes (in order, stopping at the first that does not)."""
+    return lambda: all(check() for check in checks)
+
+
+def _server_specs(s: Settings, cenv: dict[str, str]) -> list[ChildSpec]:
+    specs = []
+    for name in replica_names("server", s.replicas):
+        addr = s.server_addrs.get(name, s.grpc_addr)
+        env = {**_metered(s, name, cenv), "SMS_GRPC_ADDR": addr}
+        specs.append(
+            ChildSpec(
+                name,
+                [*SMS_GATEWAY, "server"],
+                env,
+                grpc_check(addr),
+                stop_timeout=float(cenv["SMS_DRAIN_SECONDS"] or 0) + 5,
+            )
+        )
+    return specs
+
+
+def _worker_specs(cfg: Config, s: Settings, bare: dict[str, str]) -> list[ChildSpec]:
+    heartbeat = worker_check(s.redis_url, cfg.arq_queue, cfg)
+    if s.replicas == 1:
+        return [
+            ChildSpec(
+                "worker",
+                [*SMS_GATEWAY, "worker"],
+                _metered(s, "worker", bare),
+                heartbeat,
+                start_timeout=20,
+                required=False,
+                settle=1.0,
+                prepare=lambda: forget_worker_heartbeat(s.redis_url, cfg.arq_queue, cfg),
+            )
+        ]
+    # arq's heartbeat key is one per queue, kept by every worker on it: it cannot tell which one is up, and
+    # deleting it before a restart would only blind the others. Each copy's own metrics port (served from start-up)
+    # shows that it runs; the key, that the queue is worked.
+    return [
+        ChildSpec(
+            name,
+            [*SMS_GATEWAY, "worker"],
+            _metered(s, name, bare),
+            _all(http_check(_url(s.metrics_addrs[name]) + "/metrics"), heartbeat),
+            start_timeout=20,
+            required=False,
+            settle=1.0,
+        )
+        for name in replica_names("worker", s.replicas)
+    ]
+
+
+def _bridge_specs(s: Settings, cenv: dict[str, str]) -> list[ChildSpec]:
+    # The bridge holds only its ingest key: taken over, it could not mint user or admin tokens.
+    base = _without(cenv, "SMS_JWT_SECRET")
+    specs = []
+    for name in replica_names("bridge", s.replicas):
+        addr = s.bridge_addrs.get(name, s.bridge_addr)
+        # Its ingest calls go to SMS_GRPC_TARGET: with replicas, Envoy's gRPC listener, which picks a live server.
+        env = {**_metered(s, name, base), "SMS_BRIDGE_ADDR": addr}
+        specs.append(ChildSpec(name, [*SMS_GATEWAY, "bridge"], env, http_check(_url(addr) + "/healthz")))
+    return specs
+
+
+def envoy_ports(s: Settings) -> EnvoyPorts:
+    """What Envoy listens on and balances over."""
+    return EnvoyPorts(
+        s.web_addr,
+        s.grpc_addr,
+        s.admin_port,
+        grpc_replicas=tuple(s.server_addrs.values()),
+        bridge_addr=s.bridge_addr if s.bridge_addrs else "",
+        bridge_replicas=tuple(s.bridge_addrs.values()),
+    )
+
+
 def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console) -> list[ChildSpec]:
     """The children in start order; each depends only on those before it."""
     cenv = child_env(s, env)
@@ -210,55 +321,35 @@ def child_specs(cfg: Config, s: Settings, env: dict[str, str], console: Console)
         # Valkey's notice-level start-up banner drowns the other children's lines; warnings still show.
         argv = [*redis_command(s.data_dir / "redis", s.redis_port), "--loglevel", "warning"]
         specs.append(ChildSpec("redis", argv, bare, redis_check(s.redis_url), start_timeout=30))
-    specs.append(
-        ChildSpec(
-            "server",
-            [*SMS_GATEWAY, "server"],
-            _metered(s, "server", cenv),
-            grpc_check(s.grpc_addr),
-            stop_timeout=float(cenv["SMS_DRAIN_SECONDS"] or 0) + 5,
-        )
-    )
+    specs.extend(_server_specs(s, cenv))
     if s.simulated_twilio:
         specs.append(
             ChildSpec(
                 "simulator", [*SMS_GATEWAY, "twilio-simulator"], bare, http_check(_url(s.simulator_addr) + "/healthz")
             )
         )
-    specs.append(
-        ChildSpec(
-            "worker",
-            [*SMS_GATEWAY, "worker"],
-            _metered(s, "worker", bare),
-            worker_check(s.redis_url, cfg.arq_queue),
-            start_timeout=20,
-            required=False,
-            settle=1.0,
-            prepare=lambda: forget_worker_heartbeat(s.redis_url, cfg.arq_queue),
-        )
-    )
-    # The bridge holds only its ingest key: taken over, it could not mint user or admin tokens.
-    bridge_env = _metered(s, "bridge", _without(cenv, "SMS_JWT_SECRET"))
-    bridge_check = http_check(_url(s.bridge_addr) + "/healthz")
-    specs.append(ChildSpec("bridge", [*SMS_GATEWAY, "bridge"], bridge_env, bridge_check))
+    specs.extend(_worker_specs(cfg, s, bare))
 
     def render_envoy() -> None:
-        render(EnvoyPorts(s.web_addr, s.grpc_addr, s.admin_port), s.envoy_config, s.web_dist, s.web_origins)
+        render(envoy_ports(s), s.envoy_config, s.web_dist, s.web_origins)
 
     if not s.web_dist.is_dir():
         console.say(
             f"note: {cfg.web_dist} does not exist, so the web UI is not served "
             "(./dev.sh builds it, or: npm --prefix clients/web run build; it is served once built)"
         )
-    specs.append(
-        ChildSpec(
-            "envoy",
-            envoy_command(s.envoy_config),
-            bare,
-            http_check(f"http://127.0.0.1:{s.admin_port}/ready"),
-            prepare=render_envoy,
-        )
+    envoy = ChildSpec(
+        "envoy",
+        envoy_command(s.envoy_config),
+        bare,
+        http_check(f"http://127.0.0.1:{s.admin_port}/ready"),
+        prepare=render_envoy,
     )
+    if s.replicas == 1:
+        specs.extend([*_bridge_specs(s, cenv), envoy])
+    else:
+        # The bridges are healthy only once their ingest target, Envoy's gRPC listener, answers SERVING.
+        specs.extend([envoy, *_bridge_specs(s, cenv)])
     return specs
 
 
@@ -287,6 +378,7 @@ def stack_info(s: Settings, sup: Supervisor) -> dict[str, Any]:
         },
         # Prometheus text of each process that serves it, by process.
         "metrics": {name: _url(addr) + "/metrics" for name, addr in s.metrics_addrs.items()},
+        "replicas": replicas_info(s),
         "mongodb_uri": s.mongodb_uri,
         "mongodb_db": s.mongodb_db,
         "redis_url": s.redis_url,
@@ -306,6 +398,27 @@ def stack_info(s: Settings, sup: Supervisor) -> dict[str, Any]:
     }
 
 
+def replicas_info(s: Settings) -> dict[str, Any]:
+    """Each copy by child name: a server's gRPC target, a bridge's base URL, a worker's metrics URL (its pid is in
+    `pids`, rewritten at every restart, so a script can kill one and watch it come back)."""
+    servers = {name: s.server_addrs.get(name, s.grpc_addr) for name in replica_names("server", s.replicas)}
+    bridges = {name: _url(s.bridge_addrs.get(name, s.bridge_addr)) for name in replica_names("bridge", s.replicas)}
+    workers = {name: _url(s.metrics_addrs[name]) + "/metrics" for name in replica_names("worker", s.replicas)}
+    return {"count": s.replicas, "server": servers, "bridge": bridges, "worker": workers}
+
+
+def _replica_lines(info: dict[str, Any]) -> list[str]:
+    replicas = info.get("replicas", {})
+    if replicas.get("count", 1) == 1:
+        return []
+    pids = info["pids"]
+    lines = [f"  replicas   {replicas['count']} of each, balanced by Envoy on the gRPC and bridge addresses above:"]
+    for kind in ("server", "worker", "bridge"):
+        for name, where in replicas[kind].items():
+            lines.append(f"    {name:<9} {where}   (pid {pids.get(name)})")
+    return lines
+
+
 def banner(info: dict[str, Any]) -> str:
     """The summary printed once everything is healthy (no secrets beyond the demo tokens)."""
     urls = info["urls"]
@@ -322,6 +435,7 @@ def banner(info: dict[str, Any]) -> str:
             f"  Twilio     real account {info['twilio']['account_sid']}; webhooks must reach {urls['public_base_url']}"
         )
     lines.append(f"  from       {info['twilio']['from_number'] or '(messaging service)'}")
+    lines.extend(_replica_lines(info))
     if info["metrics"]:
         lines.append("  metrics    " + ", ".join(f"{name} {url}" for name, url in info["metrics"].items()))
     lines.append(f"  tokens, valid {DEMO_TOKEN_TTL // 86400} days:")
@@ -362,8 +476,10 @@ def preflight(s: Settings) -> list[str]:
     return problems
 
 
-def run(cfg: Config) -> int:
-    """Runs the stack until Ctrl-C or SIGTERM (exit 0), or until it cannot run (exit 1)."""
+def run(cfg: Config, replicas: int = 1) -> int:
+    """Runs the stack (with `replicas` copies of the server, the worker and the bridge) until Ctrl-C or SIGTERM
+    (exit 0), or until it cannot run (exit 1); ConfigError for a replica count out of bounds."""
+    check_replicas(replicas)
     console = Console()
     env = dict(os.environ)
     data_dir = cfg.data_dir.resolve()
@@ -379,13 +495,13 @@ def run(cfg: Config) -> int:
         lock.close()
         return 1
     try:
-        return _run_locked(cfg, env, console)
+        return _run_locked(cfg, env, console, replicas)
     finally:
         lock.close()
 
 
-def _run_locked(cfg: Config, env: dict[str, str], console: Console) -> int:
-    s = decide(cfg, env)
+def _run_locked(cfg: Config, env: dict[str, str], console: Console, replicas: int) -> int:
+    s = decide(cfg, env, replicas)
     problems = preflight(s)
     if problems:
         for problem in problems:

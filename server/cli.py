@@ -34,10 +34,10 @@ def _simulator(cfg: Config, _: argparse.Namespace) -> int:
     return run(cfg)
 
 
-def _dev(cfg: Config, _: argparse.Namespace) -> int:
+def _dev(cfg: Config, args: argparse.Namespace) -> int:
     from devstack.stack import run
 
-    return run(cfg)
+    return run(cfg, args.replicas)
 
 
 def _token(cfg: Config, args: argparse.Namespace) -> int:
@@ -56,6 +56,12 @@ def _token(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(cfg: Config, args: argparse.Namespace) -> int:
+    from server.probe import run
+
+    return run(cfg, args)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], int]]] = {
     "server": ("run the gRPC server (SmsService, SmsIngestService, health, reflection)", _server),
     "worker": ("run the arq worker that sends queued messages through Twilio", _worker),
@@ -63,6 +69,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], int]]] = {
     "twilio-simulator": ("run the Twilio simulator (dev and test tool)", _simulator),
     "dev": ("run the whole stack locally", _dev),
     "token": ("print a JWT for local use (needs SMS_JWT_SECRET)", _token),
+    "probe": ("check a running server, worker or bridge (exit 0 healthy, 1 not)", _probe),
 }
 
 
@@ -77,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--role", required=True, choices=["agent", "admin", "service"])
             p.add_argument(
                 "--ttl", type=int, default=24 * 3600, help="lifetime in seconds (<= SMS_JWT_MAX_TTL_SECONDS)"
+            )
+        if name == "probe":
+            from server.probe import add_arguments
+
+            add_arguments(p)
+        if name == "dev":
+            p.add_argument(
+                "--replicas",
+                type=int,
+                default=1,
+                help="copies of the server, the worker and the bridge (1-8); Envoy balances over them",
             )
     args = parser.parse_args(argv)
     try:

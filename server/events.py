@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -16,6 +16,15 @@ from server.documents import ConversationDoc, MessageDoc
 from server.timeutil import now, to_timestamp
 
 log = logging.getLogger(__name__)
+
+# How long the log remembers that a message's status change was announced (EventLog.status_changed): longer than
+# Twilio retries a callback (minutes) and than a caller's retry, short enough to keep the keys few (one per change).
+ANNOUNCED_TTL_SECONDS = 3600
+# XADD only when the change's marker is new: the marker and the entry are written together or not at all.
+_APPEND_ONCE = """
+if not redis.call('set', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return false end
+return redis.call('xadd', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+"""
 
 # Stream entry fields. `owner` and `conversation_id` let a reader route an event without parsing it.
 F_OWNER, F_CONVERSATION, F_DATA = b"owner", b"conversation_id", b"data"
@@ -37,6 +46,7 @@ class EventLog:
         self.name = name
         self.retention = retention
         self.lost = 0
+        self._append_once = redis.register_script(_APPEND_ONCE)
 
     async def append(
         self, event: types_pb2.Event, owner: str, conversation_id: str, previous_owner: str | None = None
@@ -70,14 +80,21 @@ class EventLog:
                 fields[F_PREVIOUS_OWNER] = entry.previous_owner
             fields_of.append(fields)
         lost = self.lost + oversized
+        once = [entry.once for entry in entries]
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if lost:
                     gap: dict[bytes, bytes | str] = {F_OWNER: "", F_CONVERSATION: "", F_GAP: str(lost)}
                     pipe.xadd(self.name, gap, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
-                for appended in fields_of:
-                    if appended is not None:
+                for appended, key in zip(fields_of, once, strict=True):
+                    if appended is None:
+                        continue
+                    if key is None:
                         pipe.xadd(self.name, appended, maxlen=self.retention, approximate=True)  # type: ignore[arg-type]
+                    else:
+                        flat = [part for pair in appended.items() for part in pair]
+                        keys = [self.name, f"{self.name}:announced:{key}"]
+                        await self._append_once(keys, [self.retention, ANNOUNCED_TTL_SECONDS, *flat], client=pipe)
                 results = await pipe.execute()
         except Exception:
             self.lost += len(entries) - oversized
@@ -89,11 +106,18 @@ class EventLog:
             self.lost = 0
             results = results[1:]
         ids = iter(results)
-        return [None if f is None else _text(next(ids)) for f in fields_of]
+        # An entry the script skipped (its change was announced before) answers None, like one not appended.
+        return [None if f is None else _id_text(next(ids)) for f in fields_of]
 
     async def message(self, kind: types_pb2.EventType.ValueType, doc: MessageDoc) -> str | None:
         """Appends a message event carrying the message as it now is."""
         return (await self.append_all([message_entry(kind, doc)]))[0]
+
+    async def status_changed(self, doc: MessageDoc, status: str) -> str | None:
+        """Announces that `doc`'s message recorded `status`, at most once per message and status (for an hour):
+        a repeat of a change whose first announcement a crash lost is announced, one already announced is not."""
+        entry = message_entry(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, doc)
+        return (await self.append_all([replace(entry, once=f"{doc['_id']}:{status}")]))[0]
 
     async def message_and_conversation(
         self, kind: types_pb2.EventType.ValueType, doc: MessageDoc, conversation: ConversationDoc | None
@@ -120,6 +144,9 @@ class Entry:
     owner: str
     conversation_id: str
     previous_owner: str | None = None
+    # A key naming the change this event announces: with one, the entry is appended only if no entry with the
+    # same key was within ANNOUNCED_TTL_SECONDS.
+    once: str | None = None
 
 
 def message_entry(kind: types_pb2.EventType.ValueType, doc: MessageDoc) -> Entry:
@@ -170,6 +197,10 @@ def successor(value: EventId) -> EventId:
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _id_text(raw: bytes | str | None) -> str | None:
+    return None if raw is None else _text(raw)
 
 
 def entry_id(raw: bytes | str) -> EventId:

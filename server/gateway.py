@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -384,18 +385,26 @@ class Gateway:
         The unique index (sid or request key) is the dedupe: inserting first saves a read in the common case,
         and of two concurrent writers exactly one inserts. Returns the message and whether it was a repeat.
         """
-        if await self.store.insert_new_message(doc):
-            with log_context.bind(message_id=str(doc["_id"]), conversation_id=doc["conversation_id"]):
-                await self.finish(doc)
-                log.info("%s message stored (%s)", doc["direction"], doc["status"] or "note")
-            if doc["direction"] == "outbound":
-                # Here, once per insert: `finish` runs again when a half-done message is resumed.
-                await self.stats.record(st.QUEUED, doc["created"])
+        # Shielded: a caller that gives up (a deadline, a cut connection) does not stop a stored message half-way
+        # through its effects; the pending marker covers only a crash.
+        if await asyncio.shield(self._insert_and_finish(doc)):
             return doc, False
         earlier = await find_earlier()
         if earlier is None:
             raise Aborted("a message with the same key was stored and is gone; retry", Reason.CONCURRENT_UPDATE)
         return await self._repeat(earlier, check_earlier)
+
+    async def _insert_and_finish(self, doc: MessageDoc) -> bool:
+        """Inserts `doc` and applies its effects; False (nothing done) when its key is already stored."""
+        if not await self.store.insert_new_message(doc):
+            return False
+        with log_context.bind(message_id=str(doc["_id"]), conversation_id=doc["conversation_id"]):
+            await self.finish(doc)
+            log.info("%s message stored (%s)", doc["direction"], doc["status"] or "note")
+        if doc["direction"] == "outbound":
+            # Here, once per insert: `finish` runs again when a half-done message is resumed.
+            await self.stats.record(st.QUEUED, doc["created"])
+        return True
 
     async def earlier_request(self, request_key: str, fingerprint: str) -> tuple[MessageDoc, bool] | None:
         """The answer to a repeated request id (Send, AddNote): the stored message; None for a new key."""
@@ -614,7 +623,10 @@ class Gateway:
             await self.opt_out(doc["conversation_id"])
         # Twilio's (or the worker's) words are kept, but bounded like every stored field.
         error_message = limits.cut(error_message, limits.ERROR_MESSAGE_BYTES)
-        return await self._write_status(doc, new, at, error_code, error_message, set_fields, from_statuses)
+        # Shielded like a new message's effects: a change written is announced even when its caller gives up.
+        return await asyncio.shield(
+            self._write_status(doc, new, at, error_code, error_message, set_fields, from_statuses)
+        )
 
     async def _write_status(
         self,
@@ -632,6 +644,10 @@ class Gateway:
             # A status already in the history is a repeat: it moves nothing and is not recorded again.
             repeat = _in_history(doc, new)
             if repeat and not set_fields:
+                # Announced again, once: the write may have been stored by a call that died before its event was
+                # appended (a crash), and this repeat is Twilio's retry of it. The event log keeps each change's
+                # event at most once (see EventLog.status_changed), so an announced change is not repeated.
+                await self.events.status_changed(doc, new)
                 return doc, False
             current = doc["status"]
             applied = not repeat and st.moves(current, new)
@@ -653,7 +669,10 @@ class Gateway:
                 expect["status_history.status"] = {"$ne": new}
             updated = await self.store.update_message(doc, expect, update)
             if updated is not None:
-                await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, updated)
+                if repeat:  # fields written with a status already recorded (the worker's sid, price)
+                    await self.events.message(types_pb2.EVENT_TYPE_MESSAGE_UPDATED, updated)
+                else:
+                    await self.events.status_changed(updated, new)
                 await self._count(updated, new, applied, repeat, error_code)
                 return updated, applied
             fresh = await self.store.get_message(str(doc["_id"]))

@@ -201,3 +201,49 @@ async def test_a_page_of_large_messages_stays_under_the_byte_budget_and_pages_th
             break
     assert pages > 1  # 90 such messages are over 2 MiB: one page of 500 would not fit
     assert sorted(seen) == sorted(sent)
+
+
+async def status_events(house: House, message_id: str) -> list[int]:
+    """The statuses of the message's MESSAGE_UPDATED events in the log, in order."""
+    found = []
+    for _, fields in await house.res.redis.xrange(house.res.cfg.event_stream):
+        data = fields.get(b"data")
+        if data is None:
+            continue
+        event = types_pb2.Event.FromString(data)
+        if event.type == types_pb2.EVENT_TYPE_MESSAGE_UPDATED and event.message.id == message_id:
+            found.append(event.message.status)
+    return found
+
+
+async def test_a_status_stored_without_its_event_is_announced_by_the_repeat_once(house: House) -> None:
+    user, to = unique_user(), unique_number()
+    # Twilio keeps it queued for ten minutes: no callback comes from the simulator, this test sends them.
+    house.set_rules(lifecycle_ms={"queued": 600_000})
+    msg = await send(house, user, to, "lost event")
+    await house.work()
+    doc = await house.res.store.get_message(msg.id)
+    assert doc is not None and doc["status"] == "sending"
+    before = await status_events(house, msg.id)
+    # A process that stored `sent` and died before appending its event: the change is in the store only.
+    entry = {"status": "sent", "time": now(), "applied": True}
+    stored_only = await house.res.store.update_message(
+        doc, {"status": "sending"}, {"$set": {"status": "sent"}, "$push": {"status_history": entry}}
+    )
+    assert stored_only is not None
+    assert await status_events(house, msg.id) == before
+    sid = doc["twilio_sid"]
+    for _ in range(3):  # Twilio's retry of the callback, and two more repeats
+        await house.ingest.RecordStatus(
+            ingest_pb2.RecordStatusRequest(message_sid=sid, message_status="sent"), metadata=SERVICE
+        )
+    # The first repeat announced the change; the others found it announced.
+    assert await status_events(house, msg.id) == [*before, types_pb2.MESSAGE_STATUS_SENT]
+    await house.ingest.RecordStatus(
+        ingest_pb2.RecordStatusRequest(message_sid=sid, message_status="delivered"), metadata=SERVICE
+    )
+    await house.ingest.RecordStatus(
+        ingest_pb2.RecordStatusRequest(message_sid=sid, message_status="delivered"), metadata=SERVICE
+    )
+    sent, delivered = types_pb2.MESSAGE_STATUS_SENT, types_pb2.MESSAGE_STATUS_DELIVERED
+    assert await status_events(house, msg.id) == [*before, sent, delivered]

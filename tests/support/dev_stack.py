@@ -89,9 +89,9 @@ class DevStack:
 
 
 def start_dev_stack(
-    env: Mapping[str, str] | None = None, data_dir: Path | None = None, timeout: float = 90.0
+    env: Mapping[str, str] | None = None, data_dir: Path | None = None, timeout: float = 90.0, replicas: int = 1
 ) -> DevStack:
-    """Starts `sms-gateway dev` on free ports and returns once dev.json exists (everything healthy)."""
+    """Starts `sms-gateway dev` (`--replicas`) on free ports and returns once dev.json exists (everything healthy)."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="sms-dev-test-"))
     full_env = without_settings(os.environ)
     full_env.update(
@@ -103,7 +103,7 @@ def start_dev_stack(
         NO_COLOR="1",
     )
     full_env.update(env or {})
-    proc = ChildProcess("dev", [*SMS_GATEWAY, "dev"], full_env)
+    proc = ChildProcess("dev", [*SMS_GATEWAY, "dev", "--replicas", str(replicas)], full_env)
     info_path = data_dir / "dev.json"
 
     def written() -> dict[str, Any]:
@@ -121,11 +121,11 @@ def start_dev_stack(
 
 @contextmanager
 def dev_stack(
-    env: Mapping[str, str] | None = None, data_dir: Path | None = None, timeout: float = 90.0
+    env: Mapping[str, str] | None = None, data_dir: Path | None = None, timeout: float = 90.0, replicas: int = 1
 ) -> Iterator[DevStack]:
     """`sms-gateway dev` for the duration of a with-block; a data dir it made itself is removed after."""
     own_dir = data_dir is None
-    stack = start_dev_stack(env, data_dir, timeout)
+    stack = start_dev_stack(env, data_dir, timeout, replicas)
     try:
         yield stack
     finally:
