@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -36,6 +35,7 @@ from sms.v1 import sms_pb2, sms_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its packages and tests.support
 
+from bench.common import pct, write_json
 from server.auth import mint_token
 from server.config import without_settings
 from server.delivery_stats import DeliveryStats, StatEvent
@@ -62,12 +62,6 @@ OUTCOMES: list[tuple[str, int, float]] = [
 ]
 # A live backlog that stays the same at both sizes: GetQueueStats reads it whole, by design.
 BACKLOG = 50
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of `values`, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def history(n: int, rng: random.Random, end: datetime) -> Iterator[tuple[dict[str, Any], list[StatEvent]]]:
@@ -278,8 +272,7 @@ def main() -> None:
         )
     results["target_met"] = met
     print(f"\ntarget (p99 < 20 ms at both sizes, ratio < 1.5): {'met' if met else 'missed'}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

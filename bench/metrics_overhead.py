@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ import aiohttp
 import grpc
 from sms.v1 import sms_pb2, sms_pb2_grpc
 
-from bench.send_pipeline import CONTACTS_PER_USER, run_concurrently, start_stores, target
+from bench.common import Meter, run_concurrently, write_json
+from bench.send_pipeline import CONTACTS_PER_USER, start_stores, target
 from server.auth import mint_token
 from server.config import without_settings
 from server.embedded import EmbeddedServer, free_port
@@ -84,6 +84,7 @@ async def bench(
         SMS_SEND_RATE_PER_USER="0",
     )
     metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     envs = {
         "on": {
             **env,
@@ -93,7 +94,9 @@ async def bench(
         },
         "off": {**env, "SMS_ARQ_QUEUE": "bench:off", "SMS_METRICS_ENABLED": "false"},
     }
-    children: list[ChildProcess] = []
+    children: dict[str, ChildProcess] = {}
+    cpu = {"on": 0.0, "off": 0.0}
+    commands: dict[str, float] = {}  # the "on" server's store commands during its rounds, by operation
     tokens = {f"user-{u}": mint_token(SECRET, f"user-{u}", "agent") for u in range(500 // CONTACTS_PER_USER)}
     per_round = args.messages // args.rounds
     elapsed = {"on": 0.0, "off": 0.0}
@@ -102,8 +105,9 @@ async def bench(
     try:
         addrs: dict[str, str] = {}
         for mode, menv in envs.items():
-            proc, addrs[mode] = await asyncio.to_thread(start_server, menv, name=f"server-{mode}", log_dir=logs)
-            children.append(proc)
+            children[mode], addrs[mode] = await asyncio.to_thread(
+                start_server, menv, name=f"server-{mode}", log_dir=logs
+            )
         async with (
             grpc.aio.insecure_channel(addrs["on"]) as on_channel,
             grpc.aio.insecure_channel(addrs["off"]) as off_channel,
@@ -118,22 +122,28 @@ async def bench(
                 md = (("authorization", f"Bearer {tokens[user]}"),)
                 await stubs[mode].Send(sms_pb2.SendRequest(to=to, body=f"{mode} {i}"), metadata=md)
 
+            def sender(mode: str) -> Callable[[int], Awaitable[None]]:
+                return lambda _i: send(mode)
+
             # Warm-up, off the clock: connections, conversations of every contact, the servers' first calls.
             for mode in envs:
-                await run_concurrently(500, args.in_flight, lambda _i, m=mode: send(m))
+                await run_concurrently(500, args.in_flight, sender(mode))
             for r in range(args.rounds):
                 order = ("on", "off") if r % 2 == 0 else ("off", "on")
                 for mode in order:
-                    scrape = (
-                        scraping(f"http://127.0.0.1:{metrics_port}/metrics")
-                        if mode == "on"
-                        else contextlib.nullcontext([])
+                    scrape: contextlib.AbstractAsyncContextManager[list[int]] = (
+                        scraping(metrics_url) if mode == "on" else contextlib.nullcontext([])
                     )
+                    meter = await Meter([children[mode]], {"server": metrics_url} if mode == "on" else {}).start()
                     async with scrape as sizes:
-                        elapsed[mode] += await run_concurrently(per_round, args.in_flight, lambda _i, m=mode: send(m))
+                        elapsed[mode] += await run_concurrently(per_round, args.in_flight, sender(mode))
+                    await meter.stop()
+                    cpu[mode] += meter.cpu[children[mode].name]
+                    for op, n in meter.commands.get("server", {}).items():
+                        commands[op] = commands.get(op, 0.0) + n
                     scrape_sizes.extend(sizes)
                     counts[mode] += per_round
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+        async with aiohttp.ClientSession() as http, http.get(metrics_url) as resp:
             text = await resp.text()
         recorded = sum(
             float(line.rsplit(" ", 1)[1])
@@ -141,7 +151,7 @@ async def bench(
             if line.startswith("grpc_server_handled_total{") and 'grpc_method="Send"' in line
         )
     finally:
-        for child in reversed(children):
+        for child in reversed(children.values()):
             child.stop()
     on = counts["on"] / elapsed["on"]
     off = counts["off"] / elapsed["off"]
@@ -149,6 +159,13 @@ async def bench(
         "send_per_s_metrics_on": on,
         "send_per_s_metrics_off": off,
         "ratio": on / off,
+        "server_cpu_us_per_send_metrics_on": cpu["on"] * 1e6 / counts["on"],
+        "server_cpu_us_per_send_metrics_off": cpu["off"] * 1e6 / counts["off"],
+        "store_commands_per_send": sum(commands.values()) / counts["on"],
+        "store_commands_per_send_by_operation": {
+            **{op: n / counts["on"] for op, n in sorted(commands.items()) if n},
+            "total": sum(commands.values()) / counts["on"],
+        },
         "messages_per_mode": counts["on"],
         "rounds": args.rounds,
         "in_flight": args.in_flight,
@@ -187,10 +204,13 @@ def main() -> int:
     )
     print(f"  metrics off: {r['send_per_s_metrics_off']:8.1f} Sends/s")
     print(f"  on / off:    {r['ratio']:8.3f}   (target >= 0.95)")
+    print(
+        f"  server CPU per Send: {r['server_cpu_us_per_send_metrics_on']:.0f} us on, "
+        f"{r['server_cpu_us_per_send_metrics_off']:.0f} us off; store commands per Send "
+        + ", ".join(f"{op} {n:.2f}" for op, n in r["store_commands_per_send_by_operation"].items())
+    )
     print(f"  logs: {r['logs']}")
-    if args.json:
-        keys = ("send_per_s_metrics_on", "send_per_s_metrics_off", "ratio")
-        args.json.write_text(json.dumps({k: r[k] for k in keys}, indent=2) + "\n")
+    write_json(args.json, {k: v for k, v in r.items() if k != "logs"})
     return 0
 
 

@@ -6,7 +6,7 @@ and prints event delivery latency (the event's `time`, stamped just before the X
 events/s delivered, the server's RSS and CPU, and a bare Redis XADD-to-XREAD baseline measured in the
 same run.
 
-    .venv/bin/python bench/subscribe_latency.py --subscribers 1000 --rate 20 --duration 30
+    .venv/bin/python bench/subscribe_latency.py --subscribers 1000 --rate 20 --duration 30 [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from redis.asyncio import Redis
@@ -29,6 +30,7 @@ from sms.v1 import sms_pb2, sms_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its packages and tests.support
 
+from bench.common import pct, write_json
 from server.auth import mint_token
 from server.config import without_settings
 from server.embedded import EmbeddedServer, start_mongo, start_redis
@@ -49,13 +51,6 @@ class Stats:
     resyncs: int = 0
     errors: int = 0
     counting: bool = False
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 async def subscriber(
@@ -187,7 +182,7 @@ def start_stack() -> Stack:
         return Stack(valkey, server, target, cleanup.pop_all())
 
 
-async def run(args: argparse.Namespace, stack: Stack) -> None:
+async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     server, target = stack.server, stack.target
     redis = Redis.from_url(stack.valkey.uri)
     try:
@@ -280,6 +275,34 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
                 buckets.setdefault(int(at), []).append(ms)
             print("per second: " + " ".join(f"{max(v):.0f}" for _, v in sorted(buckets.items())))
         print(f"CPU (cores): server {server_cpu:.2f}, bench client {client_cpu:.2f} (of {os.cpu_count()})")
+        deliveries = stats.delivered
+        us_per_delivery = server_cpu * elapsed * 1e6 / deliveries if deliveries else float("nan")
+        print(f"server CPU per delivery: {us_per_delivery:.0f} us")
+        return {
+            "subscribers": args.subscribers,
+            "admins": n_admins,
+            "open_seconds": open_seconds,
+            "sends_per_s": sends / elapsed,
+            "events_appended_per_s": sends * events_per_send / elapsed,
+            "delivered": deliveries,
+            "delivered_per_s": deliveries / elapsed,
+            "resyncs": stats.resyncs,
+            "stream_errors": stats.errors,
+            "latency_p50_ms": pct(lat, 0.5),
+            "latency_p99_ms": pct(lat, 0.99),
+            "latency_max_ms": max(lat, default=float("nan")),
+            "latency_mean_ms": statistics.fmean(lat) if lat else float("nan"),
+            "baseline_p50_ms": pct(blat, 0.5),
+            "baseline_p99_ms": pct(blat, 0.99),
+            "ratio_p50": pct(lat, 0.5) / max(pct(blat, 0.5), 1e-3) if blat and lat else float("nan"),
+            "ratio_p99": pct(lat, 0.99) / max(pct(blat, 0.99), 1e-3) if blat and lat else float("nan"),
+            "server_rss_idle_mib": rss_idle,
+            "server_rss_subscribed_mib": rss_subscribed,
+            "server_rss_after_mib": rss_after,
+            "server_cpu_cores": server_cpu,
+            "client_cpu_cores": client_cpu,
+            "server_cpu_us_per_delivery": us_per_delivery,
+        }
     finally:
         await redis.aclose()
 
@@ -294,12 +317,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--timeline", action="store_true", help="print the worst latency of each second")
     parser.add_argument("--channels", type=int, default=8, help="client connections the subscribers share")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     stack = start_stack()
     try:
-        asyncio.run(run(args, stack))
+        figures = asyncio.run(run(args, stack))
     finally:
         stack.stop()
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":
