@@ -181,10 +181,10 @@ async def test_agent_claims_unassigned_inbound_conversation(
 # Reading and paging
 
 
-async def test_paging_250_messages_100_at_a_time(sms: sms_pb2_grpc.SmsServiceStub) -> None:
+async def test_paging_60_messages_25_at_a_time(sms: sms_pb2_grpc.SmsServiceStub) -> None:
     user, number = unique_user(), unique_number()
     sent: list[str] = []
-    for i in range(250):
+    for i in range(60):
         sent.append((await send(sms, user, number, f"m{i}")).message.id)
     cid = (
         await sms.GetMessage(sms_pb2.GetMessageRequest(message_id=sent[0]), metadata=auth(user))
@@ -193,7 +193,7 @@ async def test_paging_250_messages_100_at_a_time(sms: sms_pb2_grpc.SmsServiceStu
     token, pages = "", 0
     while True:
         page = await sms.ListMessages(
-            sms_pb2.ListMessagesRequest(conversation_id=cid, page_size=100, page_token=token), metadata=auth(user)
+            sms_pb2.ListMessagesRequest(conversation_id=cid, page_size=25, page_token=token), metadata=auth(user)
         )
         seen.extend(m.id for m in page.messages)
         pages += 1
