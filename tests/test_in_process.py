@@ -103,17 +103,19 @@ async def test_21610_on_create_opts_the_conversation_out_and_refuses_the_next_se
 
 async def test_21610_in_a_status_callback_opts_the_conversation_out(house: House) -> None:
     user, to = unique_user(), unique_number()
-    # The simulator holds the message at `sent`: its own `delivered` callback must not come first (under load it
-    # did, and a delivered message does not move to failed).
+    # The simulator holds the message at `sent` until the test is done: its own `delivered` callback must not
+    # come first (under load it did, and a delivered message does not move to failed).
     house.set_rules(lifecycle_ms={"sent": 120_000})
-    msg = await send(house, user, to, "will bounce")
-    await house.work()
-    doc = await stored(house, msg.id)
-    house.set_rules()
-    resp = await house.ingest.RecordStatus(
-        ingest_pb2.RecordStatusRequest(message_sid=doc["twilio_sid"], message_status="failed", error_code=21610),
-        metadata=SERVICE,
-    )
+    try:
+        msg = await send(house, user, to, "will bounce")
+        await house.work()
+        doc = await stored(house, msg.id)
+        resp = await house.ingest.RecordStatus(
+            ingest_pb2.RecordStatusRequest(message_sid=doc["twilio_sid"], message_status="failed", error_code=21610),
+            metadata=SERVICE,
+        )
+    finally:
+        house.set_rules()
     assert resp.message.status == types_pb2.MESSAGE_STATUS_FAILED
     conv = await house.res.store.get_conversation(msg.conversation_id)
     assert conv is not None and conv["opted_out"] is True
